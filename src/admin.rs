@@ -1,0 +1,90 @@
+//! The admin listener: `/health` and `/ready` for supervisors and probes. Never public; it
+//! serves nothing of the homeserver.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::listener::Phase;
+use crate::respond::{ProxyError, ResponseBody};
+
+/// What `/ready` reports: true once certificates are served and listeners accept.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    pub fn get(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(ResponseBody::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn answer(req: &Request<Incoming>, readiness: &Readiness, phase: Phase) -> Response<ResponseBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return ProxyError::MethodNotAllowed.into_response();
+    }
+    match req.uri().path() {
+        "/health" => text(StatusCode::OK, "ok\n"),
+        "/ready" if readiness.get() && phase == Phase::Running => text(StatusCode::OK, "ready\n"),
+        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        _ => ProxyError::NotFound.into_response(),
+    }
+}
+
+/// Serves the admin endpoints until the phase leaves `Running`.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    mut phase: watch::Receiver<Phase>,
+) {
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = crate::listener::reached(&mut phase, Phase::Drain) => return,
+        };
+        let readiness = readiness.clone();
+        let phase = phase.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let current = *phase.borrow();
+                let resp = answer(&req, &readiness, current);
+                async move { Ok::<_, Infallible>(resp) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

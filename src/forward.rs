@@ -1,0 +1,286 @@
+//! Forwarding: one client request to the backend and its response back, both bodies streamed.
+//!
+//! The request-target goes out byte for byte (X-Matrix signatures cover it), and so do the
+//! method, the body and every `Authorization` header. What changes is only what must: hop-by-hop
+//! headers go, `X-Forwarded-For` is the peer (appended to only behind a trusted proxy),
+//! `X-Forwarded-Proto` is `https`, and `Host` is the client's, taken from `:authority` for h2.
+//! Failures become a [`ProxyError`]; this module never builds an error body itself.
+
+use std::error::Error as StdError;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{
+    CONNECTION, CONTENT_LENGTH, EXPECT, HOST, HeaderMap, HeaderName, HeaderValue, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
+use http::{Request, Response, Version};
+use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Incoming;
+use ipnet::IpNet;
+
+use crate::respond::{ProxyError, ResponseBody};
+use crate::route::canonical_ip;
+use crate::upstream::Upstream;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Forwards requests to one backend.
+#[derive(Clone)]
+pub struct Forwarder {
+    upstream: Upstream,
+    trusted_proxies: Vec<IpNet>,
+    max_body: u64,
+    response_timeout: Duration,
+}
+
+impl Forwarder {
+    pub fn new(
+        upstream: Upstream,
+        trusted_proxies: Vec<IpNet>,
+        max_body: u64,
+        response_timeout: Duration,
+    ) -> Self {
+        Forwarder {
+            upstream,
+            trusted_proxies,
+            max_body,
+            response_timeout,
+        }
+    }
+
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        if declared_length(req.headers()).is_some_and(|n| n > self.max_body) {
+            return Err(ProxyError::TooLarge {
+                limit: self.max_body,
+            });
+        }
+        let (mut parts, body) = req.into_parts();
+        let target = parts
+            .uri
+            .path_and_query()
+            .map(|pq| pq.as_str())
+            .unwrap_or("/");
+        let uri = self
+            .upstream
+            .uri_for(target)
+            .map_err(|e| ProxyError::Internal(format!("backend URI for {target:?}: {e}")))?;
+        let host = client_host(&parts);
+        let trusted = self.is_trusted(peer);
+        let headers = &mut parts.headers;
+        strip_hop_by_hop(headers);
+        set_forwarding_headers(headers, peer, trusted);
+        if let Some(host) = host {
+            headers.insert(HOST, host);
+        }
+
+        let mut upstream_req = Request::new(Limited::new(body, self.max_body as usize));
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = Version::HTTP_11;
+        *upstream_req.headers_mut() = parts.headers;
+
+        let sent = tokio::time::timeout(self.response_timeout, self.upstream.send(upstream_req));
+        let resp = match sent.await {
+            Err(_) => return Err(ProxyError::BackendTimeout(self.response_timeout)),
+            Ok(Err(e)) => return Err(self.classify_error(&e)),
+            Ok(Ok(resp)) => resp,
+        };
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+    }
+
+    fn is_trusted(&self, peer: IpAddr) -> bool {
+        if self.trusted_proxies.is_empty() {
+            return false;
+        }
+        let peer = canonical_ip(peer);
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
+    fn classify_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source: Option<&(dyn StdError + 'static)> = e.source();
+        let mut client_side = false;
+        while let Some(s) = source {
+            if s.is::<LengthLimitError>() {
+                return ProxyError::TooLarge {
+                    limit: self.max_body,
+                };
+            }
+            if let Some(h) = s.downcast_ref::<hyper::Error>() {
+                // A user error here is the request body we were streaming: the client's side.
+                client_side |= h.is_user();
+            }
+            source = s.source();
+        }
+        let detail = error_chain(e);
+        if e.is_connect() {
+            ProxyError::BackendUnreachable(detail)
+        } else if client_side {
+            ProxyError::ClientBody(detail)
+        } else {
+            ProxyError::BackendFailed(detail)
+        }
+    }
+}
+
+fn error_chain(e: &dyn StdError) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The `Host` the client addressed: `:authority` for h2 (and absolute-form h1), else `Host`.
+fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if let Some(authority) = parts.uri.authority() {
+        if parts.version == Version::HTTP_2 || !parts.headers.contains_key(HOST) {
+            return HeaderValue::from_str(authority.as_str()).ok();
+        }
+    }
+    parts.headers.get(HOST).cloned()
+}
+
+/// Removes the headers that describe one hop, not the message (RFC 9110 §7.6.1), including any
+/// named in `Connection`. `Expect` goes too: the proxy answers `100-continue` itself.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        // Never let a client strip what the proxy vouches for or what signs the request.
+        if name != http::header::AUTHORIZATION && name != HOST {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TE,
+        &TRAILER,
+        &TRANSFER_ENCODING,
+        &UPGRADE,
+        &EXPECT,
+        &http::header::PROXY_AUTHORIZATION,
+        &http::header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Sets `X-Forwarded-For` and `X-Forwarded-Proto`. From an untrusted peer, any forwarding header
+/// the client sent is dropped: Synapse believes the leftmost `X-Forwarded-For` entry.
+pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
+    let peer_text = canonical_ip(peer).to_string();
+    let xff = if trusted {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if previous.is_empty() {
+            peer_text
+        } else {
+            format!("{}, {peer_text}", previous.join(", "))
+        }
+    } else {
+        for name in [&X_FORWARDED_HOST, &X_REAL_IP, &FORWARDED] {
+            headers.remove(name);
+        }
+        peer_text
+    };
+    if let Ok(value) = HeaderValue::try_from(xff) {
+        headers.insert(&X_FORWARDED_FOR, value);
+    }
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn hop_by_hop_removed_authorization_kept() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            "keep-alive, x-secret, authorization".parse().unwrap(),
+        );
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert(KEEP_ALIVE.clone(), "timeout=5".parse().unwrap());
+        h.insert(TE, "trailers".parse().unwrap());
+        h.insert(UPGRADE, "websocket".parse().unwrap());
+        h.append(
+            "authorization",
+            "X-Matrix origin=a,key=\"k1\",sig=\"s1\"".parse().unwrap(),
+        );
+        h.append(
+            "authorization",
+            "X-Matrix origin=a,key=\"k2\",sig=\"s2\"".parse().unwrap(),
+        );
+        h.insert("x-matrix-other", "kept".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert!(h.get(CONNECTION).is_none());
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(&KEEP_ALIVE).is_none());
+        assert!(h.get(TE).is_none());
+        assert!(h.get(UPGRADE).is_none());
+        assert_eq!(h.get_all("authorization").iter().count(), 2);
+        assert_eq!(h["x-matrix-other"], "kept");
+    }
+
+    #[test]
+    fn forwarded_for_overwritten_unless_trusted() {
+        let peer = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, "6.6.6.6".parse().unwrap());
+        h.append(&X_FORWARDED_FOR, "7.7.7.7".parse().unwrap());
+        h.insert(&X_FORWARDED_PROTO, "http".parse().unwrap());
+        h.insert(&X_REAL_IP, "6.6.6.6".parse().unwrap());
+        let mut untrusted = h.clone();
+        set_forwarding_headers(&mut untrusted, peer, false);
+        assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(untrusted[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(untrusted[&X_FORWARDED_PROTO], "https");
+        assert!(untrusted.get(&X_REAL_IP).is_none());
+        let mut trusted = h;
+        set_forwarding_headers(&mut trusted, peer, true);
+        assert_eq!(trusted[&X_FORWARDED_FOR], "6.6.6.6, 7.7.7.7, 192.0.2.1");
+    }
+
+    #[test]
+    fn mapped_ipv4_peer_written_as_ipv4() {
+        let mut h = HeaderMap::new();
+        let peer = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped());
+        set_forwarding_headers(&mut h, peer, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.9");
+    }
+}

@@ -1,0 +1,363 @@
+//! Listeners: binding sockets, accepting connections, TLS handshakes, and each connection's life
+//! until it ends, idles out or is drained at shutdown.
+//!
+//! Owns sockets and connection lifetimes; what a request means is `server`'s business. The
+//! accept loop never dies on a per-connection error, and on resource exhaustion (EMFILE) it waits
+//! a moment instead of spinning. Shutdown is two-phased: `Drain` stops accepting and asks every
+//! connection to finish its in-flight requests, `Close` drops whatever is left.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulConnection;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::route::Role;
+use crate::server::Server;
+
+/// Where the process is in its life; connections watch it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    /// Stop accepting; finish in-flight requests; close idle connections.
+    Drain,
+    /// The grace period is over: close everything now.
+    Close,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} ({role}): {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub role: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+/// A bound socket and what it is for.
+pub struct Bound {
+    pub role: Role,
+    pub listener: TcpListener,
+}
+
+impl Bound {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+}
+
+/// Resolves once the phase is at least `phase`. The watch guard is dropped before returning so
+/// the future stays `Send`.
+pub async fn reached(rx: &mut watch::Receiver<Phase>, phase: Phase) {
+    let _ = rx.wait_for(|p| *p >= phase).await.map(|_| ());
+}
+
+/// Binds one address. An IPv6 wildcard also takes IPv4 (dual stack) unless `v6_only`, which the
+/// caller sets when the same port is also bound on the IPv4 wildcard.
+pub fn bind(
+    addr: SocketAddr,
+    v6_only: bool,
+    role_name: &'static str,
+) -> Result<TcpListener, BindError> {
+    let err = |source| BindError {
+        addr,
+        role: role_name,
+        source,
+    };
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(err)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(v6_only).map_err(err)?;
+    }
+    socket.set_reuse_address(true).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(1024).map_err(err)?;
+    TcpListener::from_std(socket.into()).map_err(err)
+}
+
+/// Binds every address of a role list.
+pub fn bind_all(role: Role, addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindError> {
+    addrs
+        .iter()
+        .map(|addr| {
+            let v6_only = addr.ip().is_unspecified()
+                && addr.is_ipv6()
+                && addrs
+                    .iter()
+                    .any(|a| a.is_ipv4() && a.ip().is_unspecified() && a.port() == addr.port());
+            bind(*addr, v6_only, role.as_str()).map(|listener| Bound { role, listener })
+        })
+        .collect()
+}
+
+/// Counts in-flight requests on one connection and when the last one ended, so an idle
+/// connection can be closed whatever its protocol.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds since `epoch` when the connection last became idle.
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// Held while a request is in flight (until its response body is done or dropped).
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn start(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for `timeout`.
+    async fn idle(&self, timeout: Duration) {
+        loop {
+            let wake = if self.in_flight.load(Ordering::Acquire) == 0 {
+                let since =
+                    self.epoch + Duration::from_millis(self.idle_since_ms.load(Ordering::Acquire));
+                let deadline = since + timeout;
+                if Instant::now() >= deadline {
+                    return;
+                }
+                deadline
+            } else {
+                Instant::now() + timeout
+            };
+            tokio::time::sleep_until(wake).await;
+        }
+    }
+}
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let now = self.0.epoch.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Settings every connection needs, shared by all listeners.
+#[derive(Clone)]
+pub struct ConnSettings {
+    pub tls: Option<TlsAcceptor>,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Accepts on one listener until the phase leaves `Running`.
+pub async fn accept_loop(
+    bound: Bound,
+    server: Arc<Server>,
+    settings: ConnSettings,
+    mut phase: watch::Receiver<Phase>,
+    tracker: mpsc::Sender<()>,
+) {
+    let role = bound.role;
+    let local = bound.local_addr().ok();
+    loop {
+        let accepted = tokio::select! {
+            accepted = bound.listener.accept() => accepted,
+            _ = reached(&mut phase, Phase::Drain) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                if is_resource_exhaustion(&e) {
+                    warn!(role = role.as_str(), error = %e, "accept failed for lack of resources; pausing 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                } else {
+                    debug!(role = role.as_str(), error = %e, "accept failed");
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        let settings = settings.clone();
+        let phase = phase.clone();
+        let tracker = tracker.clone();
+        tokio::spawn(async move {
+            serve_stream(stream, peer, role, server, settings, phase).await;
+            drop(tracker);
+        });
+    }
+    if let Some(local) = local {
+        info!(role = role.as_str(), %local, "stopped accepting");
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the next accept will fail too unless we wait.
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
+async fn serve_stream(
+    stream: TcpStream,
+    peer: SocketAddr,
+    role: Role,
+    server: Arc<Server>,
+    settings: ConnSettings,
+    phase: watch::Receiver<Phase>,
+) {
+    match &settings.tls {
+        None => serve_io(stream, false, peer, role, server, &settings, phase).await,
+        Some(acceptor) => {
+            let handshake =
+                tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
+            match handshake.await {
+                Ok(Ok(tls)) => {
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                    serve_io(tls, h2, peer, role, server, &settings, phase).await
+                }
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn serve_io<IO>(
+    io: IO,
+    h2: bool,
+    peer: SocketAddr,
+    role: Role,
+    server: Arc<Server>,
+    settings: &ConnSettings,
+    phase: watch::Receiver<Phase>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Activity::new();
+    let io = TokioIo::new(io);
+    if h2 {
+        let conn = server
+            .http2()
+            .serve_connection(io, server.service(role, peer, activity.clone()));
+        drive(conn, &activity, settings.idle_timeout, phase).await
+    } else {
+        let conn = server
+            .http1()
+            .serve_connection(io, server.service(role, peer, activity.clone()));
+        drive(conn, &activity, settings.idle_timeout, phase).await
+    }
+}
+
+/// Runs a connection until it ends, closing it gracefully when idle or draining, and at once on
+/// `Close`.
+async fn drive<C>(
+    conn: C,
+    activity: &Activity,
+    idle_timeout: Duration,
+    mut phase: watch::Receiver<Phase>,
+) where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        _ = reached(&mut phase, Phase::Drain) => {}
+        _ = activity.idle(idle_timeout) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = reached(&mut phase, Phase::Close) => {}
+    }
+}
+
+/// Everything `run` needs to stop: the phase sender and the tracker that counts live tasks.
+pub struct Lifecycle {
+    pub phase: watch::Sender<Phase>,
+    pub tracker: mpsc::Sender<()>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Lifecycle {
+    pub fn new() -> Self {
+        let (phase, _) = watch::channel(Phase::Running);
+        let (tracker, done) = mpsc::channel(1);
+        Lifecycle {
+            phase,
+            tracker,
+            done,
+        }
+    }
+
+    /// Drains: stop accepting, wait up to `grace` for open connections, then close the rest.
+    /// Returns the number of seconds the drain took and whether it had to force-close.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        let Lifecycle {
+            phase,
+            tracker,
+            mut done,
+        } = self;
+        let _ = phase.send(Phase::Drain);
+        drop(tracker);
+        // recv() returns None once every task holding a tracker clone has ended.
+        let drained = tokio::time::timeout(grace, done.recv()).await.is_ok();
+        if !drained {
+            warn!(grace = ?grace, "shutdown grace period over; closing the remaining connections");
+            let _ = phase.send(Phase::Close);
+            let _ = tokio::time::timeout(Duration::from_secs(5), done.recv()).await;
+        }
+        drained
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Phase> {
+        self.phase.subscribe()
+    }
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A future that completes on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
+    async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => info!("SIGTERM received: draining"),
+                    _ = int.recv() => info!("SIGINT received: draining"),
+                }
+            }
+            _ => {
+                warn!("cannot install signal handlers; falling back to Ctrl-C only");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Responses the proxy makes itself, and the one body type every response carries.
+//!
+//! Every error the proxy answers on its own goes through [`ProxyError`] and its single status
+//! table, so a client always gets Matrix JSON (`{"errcode": "M_…", "error": "…"}`) with
+//! `application/json`, never an empty body, an HTML page or a bare close. The table is keyed by
+//! whose fault it is: the client's (4xx), the homeserver's (502/504), or ours (500). Internal
+//! detail stays in the logs; the body says only what the client can act on.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::listener::ActivityGuard;
+
+/// The body of every response the proxy sends: bytes it made, or the backend's stream.
+pub struct ResponseBody {
+    kind: Kind,
+    /// Marks the request as in flight on its connection until the body is done or dropped.
+    _guard: Option<ActivityGuard>,
+}
+
+enum Kind {
+    Full(Full<Bytes>),
+    Upstream(Incoming),
+}
+
+impl ResponseBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        ResponseBody {
+            kind: Kind::Full(Full::new(bytes.into())),
+            _guard: None,
+        }
+    }
+
+    pub fn empty() -> Self {
+        Self::full(Bytes::new())
+    }
+
+    pub fn upstream(body: Incoming) -> Self {
+        ResponseBody {
+            kind: Kind::Upstream(body),
+            _guard: None,
+        }
+    }
+
+    pub(crate) fn with_guard(mut self, guard: ActivityGuard) -> Self {
+        self._guard = Some(guard);
+        self
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Full(b) => b.is_end_stream(),
+            Kind::Upstream(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(b) => b.size_hint(),
+            Kind::Upstream(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Everything the proxy itself refuses or fails at, one variant per cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("path has a `.` or `..` segment")]
+    DotSegment,
+    #[error("path is not served here")]
+    NotFound,
+    #[error("method not allowed here")]
+    MethodNotAllowed,
+    #[error("{0} is not reachable through this listener")]
+    InternalPath(&'static str),
+    #[error("plain HTTP serves only redirects to https")]
+    PlainHttp,
+    #[error("request has no Host")]
+    NoHost,
+    #[error("request body over the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("backend unreachable: {0}")]
+    BackendUnreachable(String),
+    #[error("backend did not answer within {0:?}")]
+    BackendTimeout(std::time::Duration),
+    #[error("backend failed: {0}")]
+    BackendFailed(String),
+    #[error("client body failed: {0}")]
+    ClientBody(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ProxyError {
+    /// The one status table. No catch-all arm: a new cause must be placed here on purpose.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str, &'static str) {
+        use ProxyError::*;
+        match self {
+            DotSegment => (
+                StatusCode::BAD_REQUEST,
+                "M_UNRECOGNIZED",
+                "Path segments `.` and `..` are not allowed",
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "M_UNRECOGNIZED",
+                "Unrecognized request",
+            ),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "M_UNRECOGNIZED",
+                "Method not allowed",
+            ),
+            InternalPath(_) => (
+                StatusCode::FORBIDDEN,
+                "M_FORBIDDEN",
+                "This path is not available from your network",
+            ),
+            PlainHttp => (
+                StatusCode::FORBIDDEN,
+                "M_FORBIDDEN",
+                "Plain HTTP is not served; use https",
+            ),
+            NoHost => (
+                StatusCode::BAD_REQUEST,
+                "M_UNRECOGNIZED",
+                "Request has no Host header",
+            ),
+            TooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "M_TOO_LARGE",
+                "Request body too large",
+            ),
+            BackendUnreachable(_) => (
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                "The homeserver is unreachable",
+            ),
+            BackendTimeout(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "M_UNKNOWN",
+                "The homeserver did not answer in time",
+            ),
+            BackendFailed(_) => (
+                StatusCode::BAD_GATEWAY,
+                "M_UNKNOWN",
+                "The homeserver failed to answer",
+            ),
+            ClientBody(_) => (
+                StatusCode::BAD_REQUEST,
+                "M_UNKNOWN",
+                "The request body could not be read",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "M_UNKNOWN",
+                "Internal proxy error",
+            ),
+        }
+    }
+
+    pub fn into_response(self) -> Response<ResponseBody> {
+        let (status, errcode, message) = self.status_and_code();
+        matrix_error(status, errcode, message)
+    }
+}
+
+/// A Matrix JSON error response.
+pub fn matrix_error(status: StatusCode, errcode: &str, message: &str) -> Response<ResponseBody> {
+    let body = serde_json::json!({ "errcode": errcode, "error": message }).to_string();
+    let mut resp = Response::new(ResponseBody::full(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn errors_are_matrix_json() {
+        let resp = ProxyError::TooLarge { limit: 10 }.into_response();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["errcode"], "M_TOO_LARGE");
+        assert!(v["error"].is_string());
+    }
+}

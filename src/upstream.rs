@@ -1,0 +1,190 @@
+//! The connection pool to the homeserver: HTTP/1.1 keep-alive over TCP or a unix socket.
+//!
+//! Owns how the backend is reached and nothing about what is sent: `forward` builds requests.
+//! Always HTTP/1.1, because Synapse's listeners speak nothing else and chunked responses need it.
+
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use http_body_util::Limited;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::config::{Backend, BackendTarget};
+
+/// The body of a forwarded request: the client's stream, capped at `limits.max_body`.
+pub type RequestBody = Limited<Incoming>;
+
+/// The backend, reachable by `send`.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<Connector, RequestBody>,
+    /// `http://host:port` for TCP; a fixed placeholder authority for unix sockets, which the
+    /// connector ignores. Never sent: the `Host` header is set by `forward`.
+    base: Arc<str>,
+}
+
+impl Upstream {
+    pub fn new(backend: &Backend) -> Self {
+        let base: Arc<str> = match &backend.target {
+            BackendTarget::Tcp { authority } => format!("http://{authority}").into(),
+            BackendTarget::Unix(_) => "http://unix.socket".into(),
+        };
+        let connector = Connector {
+            target: Arc::new(backend.target.clone()),
+            connect_timeout: backend.connect_timeout,
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(backend.pool_idle_timeout)
+            .pool_max_idle_per_host(backend.pool_max_idle)
+            // The Host header is the client's, set explicitly; never derived from our URI.
+            .set_host(false)
+            .build(connector);
+        Upstream { client, base }
+    }
+
+    /// The backend URI for a raw request-target (path and query, byte for byte).
+    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let mut s = String::with_capacity(self.base.len() + path_and_query.len());
+        s.push_str(&self.base);
+        s.push_str(path_and_query);
+        Uri::try_from(s).map_err(http::Error::from)
+    }
+
+    pub fn send(
+        &self,
+        req: http::Request<RequestBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        self.client.request(req)
+    }
+}
+
+/// Opens connections to the backend, TCP or unix, whatever the URI says.
+#[derive(Clone)]
+pub struct Connector {
+    target: Arc<BackendTarget>,
+    connect_timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<BackendStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let target = self.target.clone();
+        let timeout = self.connect_timeout;
+        Box::pin(async move {
+            let connect = async {
+                match &*target {
+                    BackendTarget::Tcp { authority } => {
+                        let stream = TcpStream::connect(authority.as_str()).await?;
+                        stream.set_nodelay(true)?;
+                        Ok(BackendStream::Tcp(stream))
+                    }
+                    BackendTarget::Unix(path) => UnixStream::connect(path)
+                        .await
+                        .map(BackendStream::Unix)
+                        .map_err(|e| unix_error(path, e)),
+                }
+            };
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(result) => result.map(TokioIo::new),
+                Err(_) => Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to the backend took longer than {timeout:?}"),
+                )),
+            }
+        })
+    }
+}
+
+fn unix_error(path: &PathBuf, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+/// A connection to the backend.
+pub enum BackendStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Connection for BackendStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            BackendStream::Tcp(s) => s.is_write_vectored(),
+            BackendStream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
