@@ -1,0 +1,158 @@
+//! A proxy started in-process on ports chosen by the OS, with a test CA's certificate, and
+//! stopped (drained) when dropped or on request.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::RootCertStore;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use matrix_edge::config::Config;
+use matrix_edge::route::Role;
+use matrix_edge::{Listeners, run};
+
+use super::pki::TestCa;
+
+/// Names on the default test certificate.
+pub const NAMES: [&str; 3] = ["example.test", "matrix.example.test", "127.0.0.1"];
+
+pub struct Proxy {
+    pub https: SocketAddr,
+    pub federation: SocketAddr,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    pub roots: Arc<RootCertStore>,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+pub struct ProxyBuilder {
+    backend_url: String,
+    backend_extra: String,
+    extra: String,
+    tls: Option<String>,
+    ca: TestCa,
+    dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    /// A proxy in front of `backend_url`, with `extra` TOML appended (whole tables).
+    pub fn builder(backend_url: &str) -> ProxyBuilder {
+        ProxyBuilder {
+            backend_url: backend_url.to_owned(),
+            backend_extra: String::new(),
+            extra: String::new(),
+            tls: None,
+            ca: TestCa::new(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Starts draining; returns the task so the test can await the end of `run`.
+    pub fn shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+impl ProxyBuilder {
+    /// Extra TOML tables/keys appended to the generated config.
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Extra keys for the `[backend]` table.
+    pub fn backend_extra(mut self, toml: &str) -> Self {
+        self.backend_extra.push_str(toml);
+        self.backend_extra.push('\n');
+        self
+    }
+
+    /// Replaces the generated `[tls]` table.
+    pub fn tls(mut self, toml: &str) -> Self {
+        self.tls = Some(toml.to_owned());
+        self
+    }
+
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
+    }
+
+    pub fn dir(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+
+    pub async fn start(self) -> Proxy {
+        let tls = match self.tls {
+            Some(t) => t,
+            None => {
+                let leaf = self.ca.issue(self.dir.path(), "default", &NAMES);
+                format!(
+                    "[tls]\nnames = {:?}\ncert = {:?}\nkey = {:?}\n",
+                    NAMES,
+                    leaf.cert.display().to_string(),
+                    leaf.key.display().to_string()
+                )
+            }
+        };
+        let text = format!(
+            r#"server_name = "example.test"
+
+[backend]
+url = "{backend}"
+{backend_extra}
+[listen]
+https = ["127.0.0.1:0"]
+federation = ["127.0.0.1:0"]
+http = ["127.0.0.1:0"]
+admin = "127.0.0.1:0"
+
+{tls}
+{extra}
+"#,
+            backend = self.backend_url,
+            backend_extra = self.backend_extra,
+            extra = self.extra,
+        );
+        let loaded =
+            Config::parse(&text).unwrap_or_else(|e| panic!("test config refused: {e:?}\n{text}"));
+        let listeners = Listeners::bind(&loaded.config).unwrap();
+        let https = listeners.addr(Role::Https).unwrap();
+        let federation = listeners.addr(Role::Federation).unwrap();
+        let http = listeners.addr(Role::Http).unwrap();
+        let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            run(loaded.config, listeners, async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Proxy {
+            https,
+            federation,
+            http,
+            admin,
+            roots: self.ca.roots(),
+            dir: self.dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+}
