@@ -293,15 +293,14 @@ impl Validator {
         let server_name = self.check("server_name", &raw.server_name, |s| {
             ServerName::parse(s).map_err(|e| format!("{e}; e.g. \"example.com\""))
         });
-        if let Some(name) = &server_name {
-            if name.has_upper_case() {
+        if let Some(name) = &server_name
+            && name.has_upper_case() {
                 self.warn(
                     Some(raw.server_name.span()),
                     "server_name",
                     "contains upper-case letters; server names are case-sensitive in user IDs, the spec advises lower case",
                 );
             }
-        }
         let backend = self.backend(&raw.backend);
         let listen = self.listen(&raw.listen);
         let well_known = self.well_known(&raw.well_known);
@@ -341,15 +340,14 @@ impl Validator {
                 })
                 .unwrap_or(256),
         };
-        if response_timeout < secs(60) {
-            if let Some(v) = &b.response_timeout {
+        if response_timeout < secs(60)
+            && let Some(v) = &b.response_timeout {
                 self.warn(
                     Some(v.span()),
                     "backend.response_timeout",
                     "is under 60s; remote servers give /send_join and /state up to 600s, joins of large rooms will fail with 504",
                 );
             }
-        }
         Some(Backend {
             target: target?,
             connect_timeout,
@@ -384,15 +382,14 @@ impl Validator {
             .admin
             .as_ref()
             .and_then(|a| self.check("listen.admin", a, |s| parse_listen_addr(s)));
-        if let (Some(addr), Some(raw_admin)) = (admin, &raw.admin) {
-            if !addr.ip().is_loopback() {
+        if let (Some(addr), Some(raw_admin)) = (admin, &raw.admin)
+            && !addr.ip().is_loopback() {
                 self.warn(
                     Some(raw_admin.span()),
                     "listen.admin",
                     format!("{addr} is not a loopback address; the admin listener shows metrics and must not be public (fine inside a Pod network)"),
                 );
             }
-        }
         if https.is_empty() && federation.is_empty() && self.errors.len() == errors_before {
             self.error(
                 None,
@@ -418,13 +415,12 @@ impl Validator {
                 }
             }
         }
-        if let Some(admin) = admin.filter(|a| a.port() != 0) {
-            if let Some((_, other)) = seen.iter().find(|(a, _)| *a == admin) {
+        if let Some(admin) = admin.filter(|a| a.port() != 0)
+            && let Some((_, other)) = seen.iter().find(|(a, _)| *a == admin) {
                 duplicate.push(format!(
                     "{admin} is listed in both `{other}` and `listen.admin`"
                 ));
             }
-        }
         for message in duplicate {
             self.error(None, "listen", message);
         }
@@ -613,15 +609,14 @@ impl Validator {
         };
         let support = raw.support.as_ref().and_then(|s| self.support(s));
         let max_age = self.duration("well_known.max_age", &raw.max_age, secs(3600));
-        if let Some(v) = &raw.max_age {
-            if max_age < secs(300) || max_age > secs(48 * 3600) {
+        if let Some(v) = &raw.max_age
+            && (max_age < secs(300) || max_age > secs(48 * 3600)) {
                 self.warn(
                     Some(v.span()),
                     "well_known.max_age",
                     "homeservers clamp the cache time of the server file to 5m..48h; values outside have no effect there",
                 );
             }
-        }
         (self.errors.len() == errors_before).then_some(WellKnown {
             server,
             client,
@@ -650,8 +645,8 @@ impl Validator {
             }
             let mut obj = Map::new();
             obj.insert("role".into(), json!(role));
-            if let Some(id) = &contact.matrix_id {
-                if let Some(id) = self.check("well_known.support.contacts.matrix_id", id, |v| {
+            if let Some(id) = &contact.matrix_id
+                && let Some(id) = self.check("well_known.support.contacts.matrix_id", id, |v| {
                     match v.strip_prefix('@').and_then(|r| r.split_once(':')) {
                         Some((local, server))
                             if !local.is_empty() && ServerName::parse(server).is_ok() =>
@@ -665,9 +660,8 @@ impl Validator {
                 }) {
                     obj.insert("matrix_id".into(), json!(id));
                 }
-            }
-            if let Some(mail) = &contact.email_address {
-                if let Some(mail) = self.check(
+            if let Some(mail) = &contact.email_address
+                && let Some(mail) = self.check(
                     "well_known.support.contacts.email_address",
                     mail,
                     |v| match v.split_once('@') {
@@ -683,7 +677,6 @@ impl Validator {
                 ) {
                     obj.insert("email_address".into(), json!(mail));
                 }
-            }
             if contact.matrix_id.is_none() && contact.email_address.is_none() {
                 self.error(
                     Some(c.span()),
@@ -717,24 +710,22 @@ impl Validator {
     fn limits(&mut self, raw: &raw::RawLimits) -> Limits {
         let max_body = self.size("limits.max_body", &raw.max_body, 50 << 20);
         let max_header_size = self.size("limits.max_header_size", &raw.max_header_size, 64 << 10);
-        if max_header_size < 8192 {
-            if let Some(v) = &raw.max_header_size {
+        if max_header_size < 8192
+            && let Some(v) = &raw.max_header_size {
                 self.error(
                     Some(v.span()),
                     "limits.max_header_size",
                     "must be at least \"8k\"",
                 );
             }
-        }
-        if max_body < 12_800 << 10 {
-            if let Some(v) = &raw.max_body {
+        if max_body < 12_800 << 10
+            && let Some(v) = &raw.max_body {
                 self.warn(
                     Some(v.span()),
                     "limits.max_body",
                     "is under 12.5M: a full federation /send transaction is up to about 12.5 MiB, and Synapse's default max_upload_size is 50M",
                 );
             }
-        }
         Limits {
             max_body,
             max_header_size: usize::try_from(max_header_size.max(8192)).unwrap_or(usize::MAX),

@@ -6,7 +6,6 @@
 //! a moment instead of spinning. Shutdown is two-phased: `Drain` stops accepting and asks every
 //! connection to finish its in-flight requests, `Close` drops whatever is left.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -342,22 +341,20 @@ impl Default for Lifecycle {
 }
 
 /// A future that completes on SIGTERM or SIGINT.
-pub fn shutdown_signal() -> impl Future<Output = ()> {
-    async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let term = signal(SignalKind::terminate());
-        let int = signal(SignalKind::interrupt());
-        match (term, int) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => info!("SIGTERM received: draining"),
-                    _ = int.recv() => info!("SIGINT received: draining"),
-                }
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM received: draining"),
+                _ = int.recv() => info!("SIGINT received: draining"),
             }
-            _ => {
-                warn!("cannot install signal handlers; falling back to Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; falling back to Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

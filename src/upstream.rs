@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::io;
-use std::path::PathBuf;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -115,7 +115,7 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-fn unix_error(path: &PathBuf, e: io::Error) -> io::Error {
+fn unix_error(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 

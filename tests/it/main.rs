@@ -1,8 +1,12 @@
 //! Integration tests: real sockets, real TLS, a recording backend.
-#![allow(unreachable_pub)]
+// The harness is test code: failing loudly on a broken fixture is the point.
+#![allow(unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
 mod limits;
 mod routing;
 mod transparency;
+mod shutdown;
+mod tls;
+mod binary;

@@ -46,10 +46,6 @@ impl TestCa {
         files
     }
 
-    pub fn write_pem(&self, path: &Path) {
-        std::fs::write(path, self.cert.pem()).unwrap();
-    }
-
     pub fn roots(&self) -> Arc<RootCertStore> {
         let mut roots = RootCertStore::empty();
         roots

@@ -24,7 +24,8 @@ pub struct Proxy {
     pub http: SocketAddr,
     pub admin: SocketAddr,
     pub roots: Arc<RootCertStore>,
-    pub dir: tempfile::TempDir,
+    /// Holds the certificate files for the proxy's lifetime.
+    _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
 }
@@ -150,7 +151,7 @@ admin = "127.0.0.1:0"
             http,
             admin,
             roots: self.ca.roots(),
-            dir: self.dir,
+            _dir: self.dir,
             stop: Some(stop),
             task: Some(task),
         }
