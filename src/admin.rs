@@ -46,7 +46,10 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
 
 fn answer(req: &Request<Incoming>, readiness: &Readiness, phase: Phase) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return ProxyError::MethodNotAllowed.into_response();
+        let mut resp = ProxyError::MethodNotAllowed.into_response();
+        resp.headers_mut()
+            .insert(http::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
     }
     match req.uri().path() {
         "/health" => text(StatusCode::OK, "ok\n"),

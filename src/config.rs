@@ -2,8 +2,9 @@
 //!
 //! Two layers: [`raw`] mirrors the file (serde, unknown keys refused, every field spanned), and
 //! [`Config`] holds what the rest of the proxy uses: parsed addresses, durations, sizes, server
-//! names and pre-rendered well-known bodies. Every problem found is reported at once, each with
-//! its key, its line and what would be valid. This module reads files only to load the config
+//! names and pre-rendered well-known bodies. A TOML syntax error, an unknown key or a wrong type
+//! stops parsing at the first one (the TOML parser's limit); past that, every semantic problem is
+//! reported at once, each with its key, its line where it has one, and what would be valid. This module reads files only to load the config
 //! itself; certificates are read by `tls`.
 
 mod raw;
@@ -294,13 +295,14 @@ impl Validator {
             ServerName::parse(s).map_err(|e| format!("{e}; e.g. \"example.com\""))
         });
         if let Some(name) = &server_name
-            && name.has_upper_case() {
-                self.warn(
+            && name.has_upper_case()
+        {
+            self.warn(
                     Some(raw.server_name.span()),
                     "server_name",
                     "contains upper-case letters; server names are case-sensitive in user IDs, the spec advises lower case",
                 );
-            }
+        }
         let backend = self.backend(&raw.backend);
         let listen = self.listen(&raw.listen);
         let well_known = self.well_known(&raw.well_known);
@@ -341,13 +343,14 @@ impl Validator {
                 .unwrap_or(256),
         };
         if response_timeout < secs(60)
-            && let Some(v) = &b.response_timeout {
-                self.warn(
+            && let Some(v) = &b.response_timeout
+        {
+            self.warn(
                     Some(v.span()),
                     "backend.response_timeout",
                     "is under 60s; remote servers give /send_join and /state up to 600s, joins of large rooms will fail with 504",
                 );
-            }
+        }
         Some(Backend {
             target: target?,
             connect_timeout,
@@ -383,13 +386,14 @@ impl Validator {
             .as_ref()
             .and_then(|a| self.check("listen.admin", a, |s| parse_listen_addr(s)));
         if let (Some(addr), Some(raw_admin)) = (admin, &raw.admin)
-            && !addr.ip().is_loopback() {
-                self.warn(
+            && !addr.ip().is_loopback()
+        {
+            self.warn(
                     Some(raw_admin.span()),
                     "listen.admin",
-                    format!("{addr} is not a loopback address; the admin listener shows metrics and must not be public (fine inside a Pod network)"),
+                    format!("{addr} is not a loopback address; the admin listener must not be public (fine inside a Pod network)"),
                 );
-            }
+        }
         if https.is_empty() && federation.is_empty() && self.errors.len() == errors_before {
             self.error(
                 None,
@@ -416,11 +420,12 @@ impl Validator {
             }
         }
         if let Some(admin) = admin.filter(|a| a.port() != 0)
-            && let Some((_, other)) = seen.iter().find(|(a, _)| *a == admin) {
-                duplicate.push(format!(
-                    "{admin} is listed in both `{other}` and `listen.admin`"
-                ));
-            }
+            && let Some((_, other)) = seen.iter().find(|(a, _)| *a == admin)
+        {
+            duplicate.push(format!(
+                "{admin} is listed in both `{other}` and `listen.admin`"
+            ));
+        }
         for message in duplicate {
             self.error(None, "listen", message);
         }
@@ -572,6 +577,13 @@ impl Validator {
             }
             Some(base) => {
                 let base_url = self.check("well_known.client", base, |s| parse_base_url(s));
+                if base.get_ref().starts_with("http://") {
+                    self.warn(
+                        Some(base.span()),
+                        "well_known.client",
+                        "is plain http://; clients and browsers expect the homeserver on https://",
+                    );
+                }
                 let identity = raw.identity_server.as_ref().and_then(|s| {
                     self.check("well_known.identity_server", s, |s| parse_base_url(s))
                 });
@@ -610,13 +622,14 @@ impl Validator {
         let support = raw.support.as_ref().and_then(|s| self.support(s));
         let max_age = self.duration("well_known.max_age", &raw.max_age, secs(3600));
         if let Some(v) = &raw.max_age
-            && (max_age < secs(300) || max_age > secs(48 * 3600)) {
-                self.warn(
+            && (max_age < secs(300) || max_age > secs(48 * 3600))
+        {
+            self.warn(
                     Some(v.span()),
                     "well_known.max_age",
                     "homeservers clamp the cache time of the server file to 5m..48h; values outside have no effect there",
                 );
-            }
+        }
         (self.errors.len() == errors_before).then_some(WellKnown {
             server,
             client,
@@ -657,9 +670,10 @@ impl Validator {
                             "`{v}` is not a Matrix user ID like \"@admin:example.com\""
                         )),
                     }
-                }) {
-                    obj.insert("matrix_id".into(), json!(id));
-                }
+                })
+            {
+                obj.insert("matrix_id".into(), json!(id));
+            }
             if let Some(mail) = &contact.email_address
                 && let Some(mail) = self.check(
                     "well_known.support.contacts.email_address",
@@ -674,9 +688,10 @@ impl Validator {
                         }
                         _ => Err(format!("`{v}` is not an email address")),
                     },
-                ) {
-                    obj.insert("email_address".into(), json!(mail));
-                }
+                )
+            {
+                obj.insert("email_address".into(), json!(mail));
+            }
             if contact.matrix_id.is_none() && contact.email_address.is_none() {
                 self.error(
                     Some(c.span()),
@@ -711,21 +726,23 @@ impl Validator {
         let max_body = self.size("limits.max_body", &raw.max_body, 50 << 20);
         let max_header_size = self.size("limits.max_header_size", &raw.max_header_size, 64 << 10);
         if max_header_size < 8192
-            && let Some(v) = &raw.max_header_size {
-                self.error(
-                    Some(v.span()),
-                    "limits.max_header_size",
-                    "must be at least \"8k\"",
-                );
-            }
+            && let Some(v) = &raw.max_header_size
+        {
+            self.error(
+                Some(v.span()),
+                "limits.max_header_size",
+                "must be at least \"8k\"",
+            );
+        }
         if max_body < 12_800 << 10
-            && let Some(v) = &raw.max_body {
-                self.warn(
+            && let Some(v) = &raw.max_body
+        {
+            self.warn(
                     Some(v.span()),
                     "limits.max_body",
                     "is under 12.5M: a full federation /send transaction is up to about 12.5 MiB, and Synapse's default max_upload_size is 50M",
                 );
-            }
+        }
         Limits {
             max_body,
             max_header_size: usize::try_from(max_header_size.max(8192)).unwrap_or(usize::MAX),
@@ -933,9 +950,10 @@ fn parse_base_url(s: &str) -> Result<String, String> {
         .map_err(|_| format!("`{s}` is not a URL; write e.g. \"https://matrix.example.com\""))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("https"), Some(_)) => Ok(s.to_owned()),
+        // Plain http is allowed for local trials; `Validator::well_known` warns about it.
         (Some("http"), Some(_)) => Ok(s.to_owned()),
         _ => Err(format!(
-            "`{s}` must be an absolute https:// URL, e.g. \"https://matrix.example.com\""
+            "`{s}` must be an absolute https:// (or http://) URL, e.g. \"https://matrix.example.com\""
         )),
     }
 }

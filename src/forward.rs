@@ -156,9 +156,10 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// The `Host` the client addressed: `:authority` for h2 (and absolute-form h1), else `Host`.
 fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     if let Some(authority) = parts.uri.authority()
-        && (parts.version == Version::HTTP_2 || !parts.headers.contains_key(HOST)) {
-            return HeaderValue::from_str(authority.as_str()).ok();
-        }
+        && (parts.version == Version::HTTP_2 || !parts.headers.contains_key(HOST))
+    {
+        return HeaderValue::from_str(authority.as_str()).ok();
+    }
     parts.headers.get(HOST).cloned()
 }
 

@@ -310,7 +310,7 @@ impl Lifecycle {
     }
 
     /// Drains: stop accepting, wait up to `grace` for open connections, then close the rest.
-    /// Returns the number of seconds the drain took and whether it had to force-close.
+    /// Returns true when every connection finished within the grace period.
     pub async fn shutdown(self, grace: Duration) -> bool {
         let Lifecycle {
             phase,

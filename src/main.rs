@@ -34,7 +34,7 @@ enum Command {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate a configuration file; prints every error with its line.
+    /// Validate a configuration file: prints its errors (with their lines) and warnings.
     Check {
         #[arg(long, short)]
         config: PathBuf,

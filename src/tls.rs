@@ -4,8 +4,8 @@
 //! SNI-to-certificate map with a default for clients that send no SNI (IP-literal server names),
 //! and the `rustls::ServerConfig` shared by 443 and 8448: TLS 1.2 and 1.3, ALPN `h2` and
 //! `http/1.1`, aws-lc-rs as the only crypto provider. The certificate set sits behind an
-//! `ArcSwap`, so a renewed or reloaded set replaces the old one without touching open
-//! connections. Nothing here speaks HTTP.
+//! `ArcSwap` ([`Resolver::swap`]) so that a renewed or reloaded set can replace the old one
+//! without touching open connections. Nothing here speaks HTTP.
 
 use std::collections::HashMap;
 use std::fmt;

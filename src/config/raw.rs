@@ -50,16 +50,17 @@ pub(crate) struct RawListen {
     pub https: Option<S<Vec<S<String>>>>,
     /// Server-server traffic. Default `["[::]:8448"]`.
     pub federation: Option<S<Vec<S<String>>>>,
-    /// Plain HTTP: 301 to https (and ACME HTTP-01). Default `["[::]:80"]`; `[]` turns it off.
+    /// Plain HTTP: 301 to https for GET/HEAD, 403 otherwise. Default `["[::]:80"]`; `[]` turns it off.
     pub http: Option<S<Vec<S<String>>>>,
-    /// `/health`, `/ready`, `/metrics`. Off unless set; never bind it to a public address.
+    /// `/health` and `/ready`. Off unless set; keep it on loopback or a Pod network (warned otherwise).
     pub admin: Option<S<String>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawTls {
-    /// Names the certificates must cover. Default: the server name and the `m.server` host.
+    /// Names the certificates are expected to cover; a name no certificate covers is warned about
+    /// at start. Default: the server name and the `m.server` host.
     pub names: Option<S<Vec<S<String>>>>,
     /// PEM certificate chain (leaf first). Goes with `key`.
     pub cert: Option<S<String>>,
@@ -119,9 +120,10 @@ pub(crate) struct RawLimits {
     pub max_body: Option<S<String>>,
     /// Largest request head (request line and headers). Default `"64k"`.
     pub max_header_size: Option<S<String>>,
-    /// Time a client has to send a complete request head. Default `"30s"`.
+    /// Time a client has to finish the TLS handshake, and to send a complete request head. On
+    /// HTTP/1.1 it also closes a keep-alive connection silent for that long. Default `"30s"`.
     pub header_read_timeout: Option<S<String>>,
-    /// Time an idle client connection is kept open. Default `"120s"`.
+    /// Time a connection (h1 or h2) with no request in flight is kept open. Default `"120s"`.
     pub idle_timeout: Option<S<String>>,
     /// Time in-flight requests get to finish on SIGTERM/SIGINT. Default `"30s"`.
     pub shutdown_grace: Option<S<String>>,
@@ -130,7 +132,7 @@ pub(crate) struct RawLimits {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawForward {
-    /// Peers whose `X-Forwarded-For` is kept and appended to (CIDRs). Default: none.
+    /// Peers whose `X-Forwarded-For` is kept and appended to (addresses or CIDRs). Default: none.
     #[serde(default)]
     pub trusted_proxies: Vec<S<String>>,
     /// More path prefixes forwarded on the https listeners, e.g. `"/_conduwuit/"`.
@@ -141,7 +143,8 @@ pub(crate) struct RawForward {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawAllow {
-    /// Networks allowed to reach `/_synapse/admin` through the public listeners. Default: none.
+    /// Networks allowed to reach `/_synapse/admin` through the https listeners (federation
+    /// listeners never forward it). Default: none.
     pub synapse_admin: Option<Vec<S<String>>>,
     /// Networks allowed to reach `/_synapse/metrics`. Default: none.
     pub synapse_metrics: Option<Vec<S<String>>>,

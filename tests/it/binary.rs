@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::pki::TestCa;
-use crate::support::{connect, Backend};
+use crate::support::{Backend, connect};
 
 const BIN: &str = env!("CARGO_BIN_EXE_matrix-edge");
 
@@ -56,7 +56,14 @@ impl Running {
                 .unwrap_or_else(|_| panic!("no `ready` line from the proxy; it said: {seen:#?}"));
             if let Some(rest) = line.split("listening on ").nth(1) {
                 let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                let role = rest.split("role=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+                let role = rest
+                    .split("role=\"")
+                    .nth(1)
+                    .unwrap()
+                    .split('"')
+                    .next()
+                    .unwrap()
+                    .to_owned();
                 listening.push((role, addr));
             }
             let ready = line.contains(" ready ");
@@ -153,7 +160,11 @@ fn run_with_a_bad_config_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "server_name = \"example.com\"\n").unwrap();
-    let out = Command::new(BIN).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("backend"));
 }
@@ -164,7 +175,12 @@ fn run_with_a_bad_config_exits_78() {
 fn quickstart_answers_curl_and_stops_on_sigterm() {
     let mut proxy = Running::start(&examples_dir().join("quickstart.toml"));
     let out = Command::new("curl")
-        .args(["-sk", "--max-time", "10", "https://localhost:8443/.well-known/matrix/server"])
+        .args([
+            "-sk",
+            "--max-time",
+            "10",
+            "https://localhost:8443/.well-known/matrix/server",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
@@ -174,7 +190,12 @@ fn quickstart_answers_curl_and_stops_on_sigterm() {
     // Over h2 and IPv6, a forwarded path with no homeserver behind: a Matrix 502.
     let out = Command::new("curl")
         .args([
-            "-sk", "--http2", "--max-time", "10", "-w", "\n%{http_code} %{http_version}",
+            "-sk",
+            "--http2",
+            "--max-time",
+            "10",
+            "-w",
+            "\n%{http_code} %{http_version}",
             "https://[::1]:8448/_matrix/federation/v1/version",
         ])
         .output()
@@ -212,7 +233,9 @@ async fn gigabyte_bodies_stream_with_flat_memory() {
     let baseline = proxy.vm_hwm_kib();
 
     // Upload: chunked, so nothing in the proxy knows the size in advance.
-    let mut tls = connect(https, "example.test", ca.roots(), &[b"http/1.1"]).await.unwrap();
+    let mut tls = connect(https, "example.test", ca.roots(), &[b"http/1.1"])
+        .await
+        .unwrap();
     tls.write_all(b"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -232,10 +255,17 @@ async fn gigabyte_bodies_stream_with_flat_memory() {
     let after_upload = proxy.vm_hwm_kib();
 
     // Download.
-    let mut tls = connect(https, "example.test", ca.roots(), &[b"http/1.1"]).await.unwrap();
-    tls.write_all(format!("GET /_matrix/big/{GIB} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n").as_bytes())
+    let mut tls = connect(https, "example.test", ca.roots(), &[b"http/1.1"])
         .await
         .unwrap();
+    tls.write_all(
+        format!(
+            "GET /_matrix/big/{GIB} HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut total = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -246,8 +276,16 @@ async fn gigabyte_bodies_stream_with_flat_memory() {
     }
     assert!(total > GIB, "downloaded only {total} bytes");
     let after_download = proxy.vm_hwm_kib();
-    eprintln!("proxy VmHWM: baseline {baseline} KiB, after 1 GiB up {after_upload} KiB, after 1 GiB down {after_download} KiB");
+    eprintln!(
+        "proxy VmHWM: baseline {baseline} KiB, after 1 GiB up {after_upload} KiB, after 1 GiB down {after_download} KiB"
+    );
     // Flat: the peak grows by a few buffers, not by anything near the 1 GiB that passed.
-    assert!(after_upload < baseline + 64 * 1024, "upload grew memory to {after_upload} KiB");
-    assert!(after_download < baseline + 64 * 1024, "download grew memory to {after_download} KiB");
+    assert!(
+        after_upload < baseline + 64 * 1024,
+        "upload grew memory to {after_upload} KiB"
+    );
+    assert!(
+        after_download < baseline + 64 * 1024,
+        "download grew memory to {after_download} KiB"
+    );
 }

@@ -221,3 +221,31 @@ async fn idle_connection_closed_after_idle_timeout() {
         "idle h2 connection still open after 10s with a 1s idle timeout"
     );
 }
+
+#[tokio::test]
+async fn headers_too_large_over_h2() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::builder(&backend.url())
+        .extra("[limits]\nmax_header_size = \"16k\"")
+        .start()
+        .await;
+    let tls = connect(proxy.https, "example.test", proxy.roots.clone(), &[b"h2"])
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get("https://example.test/_matrix/client/versions")
+        .header("x-big", "a".repeat(32 * 1024))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    // h2 refuses an oversized header list either with 431 or by resetting the stream; both
+    // keep it away from the backend.
+    match send.send_request(req).await {
+        Ok(resp) => assert_eq!(resp.status(), 431),
+        Err(e) => eprintln!("stream refused: {e}"),
+    }
+    assert_eq!(backend.log.count(), 0);
+}

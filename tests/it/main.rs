@@ -4,9 +4,9 @@
 
 mod support;
 
+mod binary;
 mod limits;
 mod routing;
-mod transparency;
 mod shutdown;
 mod tls;
-mod binary;
+mod transparency;

@@ -272,3 +272,24 @@ async fn admin_listener_health_and_ready() {
         assert_eq!(resp.status, status, "{path}");
     }
 }
+
+#[tokio::test]
+async fn refusals_over_h2() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::builder(&backend.url()).start().await;
+    for (path, status, errcode) in [
+        ("/_synapse/admin/v1/users", 403, "M_FORBIDDEN"),
+        ("/_matrix/%2e%2e/_synapse/admin", 400, "M_UNRECOGNIZED"),
+        ("/nothing/here", 404, "M_UNRECOGNIZED"),
+    ] {
+        let req = Request::get(format!("https://example.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = h2_request(proxy.https, "example.test", proxy.roots.clone(), req).await;
+        assert_eq!(resp.status(), status, "{path}");
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+        assert_eq!(body["errcode"], errcode);
+    }
+    assert_eq!(backend.log.count(), 0);
+}

@@ -209,8 +209,14 @@ async fn unix_socket_backend() {
 async fn keep_alive_to_the_backend_reuses_connections() {
     let backend = Backend::start().await;
     let proxy = Proxy::builder(&backend.url()).start().await;
+    // Five client connections, one after the other: the proxy keeps its backend connection.
     for _ in 0..5 {
         assert_eq!(get(&proxy, "/_matrix/client/versions").await.status, 200);
     }
-    assert_eq!(backend.log.count(), 5);
+    let conns: Vec<u64> = backend.log.all().iter().map(|r| r.conn).collect();
+    assert_eq!(
+        conns,
+        vec![0; 5],
+        "each request opened a new backend connection"
+    );
 }

@@ -19,6 +19,8 @@ pub struct Recorded {
     /// The request head exactly as received, lines joined with `\r\n`, without the blank line.
     pub head: String,
     pub body_len: u64,
+    /// Which backend connection carried it, numbered from 0 in accept order.
+    pub conn: u64,
 }
 
 impl Recorded {
@@ -78,11 +80,11 @@ impl Backend {
         let log = Log::default();
         let task_log = log.clone();
         let task = tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                tokio::spawn(serve(stream, task_log.clone()));
+                tokio::spawn(serve(stream, task_log.clone(), conn));
             }
         });
         Backend { addr, log, task }
@@ -113,18 +115,18 @@ impl UnixBackend {
         let log = Log::default();
         let task_log = log.clone();
         let task = tokio::spawn(async move {
-            loop {
+            for conn in 0.. {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                tokio::spawn(serve(stream, task_log.clone()));
+                tokio::spawn(serve(stream, task_log.clone(), conn));
             }
         });
         UnixBackend { path, log, task }
     }
 }
 
-async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: Log) {
+async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: Log, conn: u64) {
     let mut reader = BufReader::new(stream);
     // Bounded: a test connection carries at most this many requests.
     for _ in 0..10_000 {
@@ -144,7 +146,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: Log) {
             }
         }
         let head = String::from_utf8_lossy(&head).trim_end().to_owned();
-        let mut rec = Recorded { head, body_len: 0 };
+        let mut rec = Recorded {
+            head,
+            body_len: 0,
+            conn,
+        };
         let body_len = match read_body(&mut reader, &rec).await {
             Some(n) => n,
             None => return,
