@@ -99,19 +99,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let certs = tls::load(&config.tls)?;
-    for name in certs.uncovered(&config.tls.names) {
-        warn!(
-            name,
-            "no configured certificate covers this name; clients asking for it get the default certificate and fail verification"
-        );
-    }
-    for cert in certs.certs() {
-        if cert
-            .not_after
-            .is_some_and(|t| t < std::time::SystemTime::now())
-        {
-            warn!(certificate = %cert.origin, "the certificate has expired");
-        }
+    for warning in tls::warnings(&certs, &config.tls, std::time::SystemTime::now()) {
+        warn!("{warning}");
     }
     let resolver = tls::Resolver::new(certs);
     let acceptor = TlsAcceptor::from(tls::server_config(resolver)?);

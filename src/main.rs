@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use matrix_edge::config::{Config, ConfigError};
-use matrix_edge::{Listeners, listener, run};
+use matrix_edge::{Listeners, StartError, listener, run};
 
 /// The TLS front door of a Matrix homeserver.
 #[derive(Parser)]
@@ -56,7 +56,9 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("matrix-edge: {e:#}");
-                    if e.downcast_ref::<ConfigError>().is_some() {
+                    let config_error = e.downcast_ref::<ConfigError>().is_some()
+                        || matches!(e.downcast_ref::<StartError>(), Some(StartError::Tls(_)));
+                    if config_error {
                         ExitCode::from(EX_CONFIG)
                     } else {
                         ExitCode::FAILURE
@@ -67,20 +69,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// Validates the file and loads the certificates it names, as `run` would, without binding.
 fn check(path: &std::path::Path) -> ExitCode {
-    match Config::load(path) {
-        Ok(loaded) => {
-            for w in &loaded.warnings {
-                println!("warning: {}: {w}", path.display());
-            }
-            println!("{}: ok", path.display());
-            ExitCode::SUCCESS
-        }
+    let loaded = match Config::load(path) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EX_CONFIG)
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    for w in &loaded.warnings {
+        println!("warning: {}: {w}", path.display());
+    }
+    match matrix_edge::tls::load(&loaded.config.tls) {
+        Ok(certs) => {
+            let now = std::time::SystemTime::now();
+            for w in matrix_edge::tls::warnings(&certs, &loaded.config.tls, now) {
+                println!("warning: {}: {w}", path.display());
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", path.display());
+            return ExitCode::from(EX_CONFIG);
         }
     }
+    println!("{}: ok", path.display());
+    ExitCode::SUCCESS
 }
 
 fn init_logging() {

@@ -144,6 +144,33 @@ impl CertSet {
     }
 }
 
+/// What an admin should hear about a loaded certificate set: names in `tls.names` that no
+/// certificate covers, and certificates that expired or expire within 14 days.
+pub fn warnings(set: &CertSet, tls: &Tls, now: SystemTime) -> Vec<String> {
+    let mut out: Vec<String> = set
+        .uncovered(&tls.names)
+        .into_iter()
+        .map(|name| {
+            format!("no certificate covers `{name}`: clients asking for it get the default certificate and fail verification")
+        })
+        .collect();
+    for cert in set.certs() {
+        let Some(not_after) = cert.not_after else {
+            continue;
+        };
+        match not_after.duration_since(now) {
+            Err(_) => out.push(format!("certificate {} has expired", cert.origin)),
+            Ok(left) if left < std::time::Duration::from_secs(14 * 86400) => out.push(format!(
+                "certificate {} expires in {} day(s)",
+                cert.origin,
+                left.as_secs() / 86400
+            )),
+            Ok(_) => {}
+        }
+    }
+    out
+}
+
 /// The rustls certificate resolver: reads the current [`CertSet`] on every handshake.
 #[derive(Debug)]
 pub struct Resolver {

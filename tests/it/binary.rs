@@ -156,6 +156,54 @@ fn config_check_reports_every_error_with_its_line() {
 }
 
 #[test]
+fn config_check_loads_the_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.issue(dir.path(), "leaf", &["example.test"]);
+    let other = ca.issue(dir.path(), "other", &["example.test"]);
+    let path = dir.path().join("proxy.toml");
+    let write = |cert: &Path, key: &Path| {
+        std::fs::write(
+            &path,
+            format!("server_name = \"example.test\"\n[backend]\nurl = \"http://127.0.0.1:8008\"\n[well_known]\nserver = \"matrix.example.test:443\"\n[tls]\ncert = {cert:?}\nkey = {key:?}\n"),
+        )
+        .unwrap();
+    };
+    let check = || {
+        Command::new(BIN)
+            .args(["config", "check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // Valid files: ok, with a warning that the delegated host is not covered.
+    write(&leaf.cert, &leaf.key);
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("no certificate covers `matrix.example.test`"),
+        "{stdout}"
+    );
+    // A key that belongs to another certificate.
+    write(&leaf.cert, &other.key);
+    let out = check();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{out:?}"
+    );
+    // A missing file is named.
+    write(&dir.path().join("missing.pem"), &leaf.key);
+    let out = check();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.pem"),
+        "{out:?}"
+    );
+}
+
+#[test]
 fn run_with_a_bad_config_exits_78() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
