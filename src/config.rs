@@ -187,7 +187,7 @@ impl Config {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             vec![Finding {
                 line: e.span().map(|s| lines.line(s.start)),
-                key: String::new(),
+                key: e.span().map(|s| key_at(text, s.start)).unwrap_or_default(),
                 message: e.message().trim().to_owned(),
             }]
         })?;
@@ -204,6 +204,34 @@ impl Config {
             }),
             _ => Err(v.errors),
         }
+    }
+}
+
+/// The dotted key whose value or table starts at `offset`, read back from the text: serde
+/// errors (wrong type, missing field) carry a span but no key path.
+fn key_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    let header = |l: &str| -> Option<String> {
+        let l = l.trim();
+        l.starts_with('[')
+            .then(|| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+    };
+    if let Some(table) = header(line) {
+        return table;
+    }
+    let key = line
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .trim_matches('"')
+        .to_owned();
+    let table = text[..line_start].lines().rev().find_map(header);
+    match table {
+        Some(t) if !key.is_empty() => format!("{t}.{key}"),
+        _ => key,
     }
 }
 
@@ -525,6 +553,8 @@ impl Validator {
                 None
             }
             (false, false) => Some(CertSource::Files(pairs)),
+            // Half a pair was reported above; "no certificate" would tell them to set what they set.
+            (false, true) if raw.cert.is_some() || raw.key.is_some() => None,
             (false, true) => {
                 self.error(
                     None,
@@ -534,7 +564,8 @@ impl Validator {
                 None
             }
         };
-        if names.is_empty() && self.errors.len() == errors_before {
+        let defaulted_from_bad_name = raw.names.is_none() && server_name.is_none();
+        if names.is_empty() && self.errors.len() == errors_before && !defaulted_from_bad_name {
             self.error(None, "tls.names", "is empty; list at least the server name");
         }
         (self.errors.len() == errors_before).then_some(Tls {
@@ -808,7 +839,8 @@ impl Validator {
         wk: &WellKnown,
     ) {
         let fed_span = raw.listen.federation.as_ref().map(|f| f.span());
-        if listen.federation.is_empty() && wk.delegated.is_none() {
+        let no_federation_listener = listen.federation.is_empty() && wk.delegated.is_none();
+        if no_federation_listener {
             self.warn(
                 fed_span.clone(),
                 "listen.federation",
@@ -828,7 +860,10 @@ impl Validator {
                     format!("has port {port}, which no https or federation listener uses; other servers connect to that port directly"),
                 );
             }
-        } else if wk.delegated.is_none() && !listen.federation.iter().any(|a| a.port() == 8448) {
+        } else if wk.delegated.is_none()
+            && !no_federation_listener
+            && !listen.federation.iter().any(|a| a.port() == 8448)
+        {
             self.warn(
                 fed_span,
                 "listen.federation",
@@ -848,6 +883,16 @@ impl Validator {
                     );
                 }
             }
+            if delegated.port().is_none()
+                && delegated.ip().is_none()
+                && !listen.federation.iter().any(|a| a.port() == 8448)
+            {
+                self.warn(
+                    span.clone(),
+                    "well_known.server",
+                    format!("has no port, so other servers connect to {}:8448 (or where its _matrix-fed._tcp SRV record points), and no listener here uses 8448; add the port you serve, e.g. \"{}:443\"", delegated.host_str(), delegated.as_str()),
+                );
+            }
             if let Some(port) = delegated.port() {
                 let ours = listen
                     .federation
@@ -863,8 +908,18 @@ impl Validator {
                 }
             }
         }
-        if wk.server.is_none() && listen.https.is_empty() {
-            // Nothing to say: a federation-only deployment is valid.
+        // The server name's host must be covered when this proxy serves it: the well-known files
+        // on 443, or federation itself when undelegated.
+        if let Some(names) = &raw.tls.names {
+            let host = server_name.host_str();
+            let serves_it = wk.delegated.is_none() || wk.server.is_some();
+            if serves_it && !names.get_ref().iter().any(|n| covers(n.get_ref(), &host)) {
+                self.warn(
+                    Some(names.span()),
+                    "tls.names",
+                    format!("does not include the server name's host `{host}`: remote servers and clients verify the certificate for it (fine only if another host serves `{host}`)"),
+                );
+            }
         }
     }
 }
