@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
+use super::validate::secs;
 use super::*;
 
 /// The smallest file that runs. Certificate files rather than `self_signed`, which warns.

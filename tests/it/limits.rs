@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::BodyExt;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::client::h2_connect;
 use crate::support::{Backend, Proxy, connect, get, h1};
 
 #[tokio::test]
@@ -76,14 +76,7 @@ async fn body_over_limit_refused_when_crossed_h2() {
         .extra("[limits]\nmax_body = \"1M\"")
         .start()
         .await;
-    let tls = connect(proxy.https, "example.test", proxy.roots.clone(), &[b"h2"])
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_connect(proxy.https, "example.test", proxy.roots.clone()).await;
     let body = Zeros { left: 32 };
     let req = Request::post("https://example.test/_matrix/media/v3/upload")
         .body(body)
@@ -203,14 +196,7 @@ async fn idle_connection_closed_after_idle_timeout() {
         .extra("[limits]\nidle_timeout = \"1s\"")
         .start()
         .await;
-    let tls = connect(proxy.https, "example.test", proxy.roots.clone(), &[b"h2"])
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut send, conn) = h2_connect(proxy.https, "example.test", proxy.roots.clone()).await;
     let req = Request::get("https://example.test/_matrix/client/versions")
         .body(http_body_util::Empty::<Bytes>::new())
         .unwrap();
@@ -229,14 +215,7 @@ async fn headers_too_large_over_h2() {
         .extra("[limits]\nmax_header_size = \"16k\"")
         .start()
         .await;
-    let tls = connect(proxy.https, "example.test", proxy.roots.clone(), &[b"h2"])
-        .await
-        .unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_connect(proxy.https, "example.test", proxy.roots.clone()).await;
     let req = Request::get("https://example.test/_matrix/client/versions")
         .header("x-big", "a".repeat(32 * 1024))
         .body(http_body_util::Empty::<Bytes>::new())

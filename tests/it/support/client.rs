@@ -137,15 +137,33 @@ pub async fn h2_request(
     roots: Arc<RootCertStore>,
     req: Request<Full<Bytes>>,
 ) -> Response<Bytes> {
-    let tls = connect(addr, name, roots, &[b"h2"]).await.unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2_connect(addr, name, roots).await;
     let resp = send.send_request(req).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
     Response::from_parts(parts, body)
+}
+
+/// An h2 connection over verified TLS: the request sender and the task driving the connection
+/// (it ends when the server closes the connection).
+pub async fn h2_connect<B>(
+    addr: SocketAddr,
+    name: &str,
+    roots: Arc<RootCertStore>,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tls = connect(addr, name, roots, &[b"h2"]).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    (send, tokio::spawn(conn))
 }
