@@ -1,9 +1,9 @@
-//! The admin listener: `/health` and `/ready` for supervisors and probes. Never public; it
+//! The admin listener: `/health` (the process answers) and `/ready` (a certificate is served and
+//! the proxy is not draining) for supervisors and probes. Never public; it
 //! serves nothing of the homeserver.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -17,22 +17,7 @@ use tracing::debug;
 
 use crate::listener::Phase;
 use crate::respond::{ProxyError, ResponseBody};
-
-/// What `/ready` reports: true once certificates are served and listeners accept.
-#[derive(Debug, Default)]
-pub struct Readiness {
-    ready: AtomicBool,
-}
-
-impl Readiness {
-    pub fn set(&self, ready: bool) {
-        self.ready.store(ready, Ordering::Release);
-    }
-
-    pub fn get(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-}
+use crate::tls::Resolver;
 
 fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     let mut r = Response::new(ResponseBody::full(body));
@@ -44,7 +29,8 @@ fn text(status: StatusCode, body: &'static str) -> Response<ResponseBody> {
     r
 }
 
-fn answer(req: &Request<Incoming>, readiness: &Readiness, phase: Phase) -> Response<ResponseBody> {
+/// `/ready` is true while a certificate is served and the proxy is not draining.
+fn answer(req: &Request<Incoming>, resolver: &Resolver, phase: Phase) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = ProxyError::MethodNotAllowed.into_response();
         resp.headers_mut()
@@ -53,8 +39,11 @@ fn answer(req: &Request<Incoming>, readiness: &Readiness, phase: Phase) -> Respo
     }
     match req.uri().path() {
         "/health" => text(StatusCode::OK, "ok\n"),
-        "/ready" if readiness.get() && phase == Phase::Running => text(StatusCode::OK, "ready\n"),
-        "/ready" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        "/ready" if phase != Phase::Running => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+        "/ready" if !resolver.is_ready() => {
+            text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n")
+        }
+        "/ready" => text(StatusCode::OK, "ready\n"),
         _ => ProxyError::NotFound.into_response(),
     }
 }
@@ -62,7 +51,7 @@ fn answer(req: &Request<Incoming>, readiness: &Readiness, phase: Phase) -> Respo
 /// Serves the admin endpoints until the phase leaves `Running`.
 pub async fn serve(
     listener: TcpListener,
-    readiness: Arc<Readiness>,
+    resolver: Arc<Resolver>,
     mut phase: watch::Receiver<Phase>,
 ) {
     loop {
@@ -77,12 +66,12 @@ pub async fn serve(
             },
             _ = crate::listener::reached(&mut phase, Phase::Drain) => return,
         };
-        let readiness = readiness.clone();
+        let resolver = resolver.clone();
         let phase = phase.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let current = *phase.borrow();
-                let resp = answer(&req, &readiness, current);
+                let resp = answer(&req, &resolver, current);
                 async move { Ok::<_, Infallible>(resp) }
             });
             let _ = http1::Builder::new()

@@ -74,6 +74,37 @@ pub enum CertSource {
     Files(Vec<CertFiles>),
     /// One certificate generated at start for `Tls::names`.
     SelfSigned,
+    /// One certificate for `Tls::names`, obtained and renewed by ACME.
+    Acme(Acme),
+}
+
+/// Which ACME challenge proves control of the names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Challenge {
+    /// Answered on the TLS listeners (ALPN `acme-tls/1`); Let's Encrypt validates on 443.
+    TlsAlpn01,
+    /// Answered on the plain-HTTP listener; Let's Encrypt validates on 80.
+    Http01,
+}
+
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Acme {
+    /// The directory URL.
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub cache: PathBuf,
+    pub challenge: Challenge,
+    pub ca_roots: Option<PathBuf>,
+}
+
+impl Acme {
+    /// Let's Encrypt, which validates only on ports 443 and 80.
+    pub fn is_lets_encrypt(&self) -> bool {
+        self.directory == LETS_ENCRYPT || self.directory == LETS_ENCRYPT_STAGING
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -22,11 +22,13 @@
 //! - [`config`]: the TOML file, validated into types once, at start.
 //! - [`listener`]: sockets, accept loops, connection lifetimes, drain on shutdown.
 //! - [`tls`]: certificates and the rustls configuration.
+//! - [`acme`]: certificates obtained and renewed by ACME.
 //! - [`server`]: hyper settings and the dispatch of a request to its stage.
 //! - [`route`]: the routing decision, a value.
 //! - [`wellknown`], [`forward`], [`upstream`], [`respond`]: the answers.
 //! - [`admin`]: `/health` and `/ready`.
 
+pub mod acme;
 pub mod admin;
 pub mod config;
 pub mod forward;
@@ -43,11 +45,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use config::Config;
-use listener::{Bound, ConnSettings, Lifecycle};
+use config::{CertSource, Config};
+use listener::{Bound, ConnSettings, Lifecycle, TlsSettings};
 use route::Role;
 
 /// Why the proxy could not start.
@@ -57,6 +58,8 @@ pub enum StartError {
     Bind(#[from] listener::BindError),
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Acme(#[from] acme::AcmeError),
 }
 
 /// The sockets of a proxy, bound before `run` so that callers (and tests binding port 0) know
@@ -99,13 +102,25 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     let certs = tls::load(&config.tls)?;
-    for warning in tls::warnings(&certs, &config.tls, std::time::SystemTime::now()) {
-        warn!("{warning}");
+    if let Some(certs) = &certs {
+        for warning in tls::warnings(certs, &config.tls, std::time::SystemTime::now()) {
+            warn!("{warning}");
+        }
     }
     let resolver = tls::Resolver::new(certs);
-    let acceptor = TlsAcceptor::from(tls::server_config(resolver)?);
+    let (acme, acme_task) = match &config.tls.source {
+        CertSource::Acme(settings) => {
+            let (handle, task) = acme::start(settings, &config.tls.names, resolver.clone())?;
+            (Some(handle), Some(task))
+        }
+        _ => (None, None),
+    };
+    let tls_settings = TlsSettings {
+        config: tls::server_config(resolver.clone())?,
+        tls_alpn_challenge: acme.as_ref().and_then(|a| a.tls_alpn_config()),
+    };
 
-    let mut server = server::Server::new(&config);
+    let mut server = server::Server::new(&config, acme);
     if let Some(port) = listeners.addr(Role::Https).map(|a| a.port()) {
         // With port 0 in the config, the real port is only known once bound.
         if config.listen.https.first().is_some_and(|a| a.port() == 0) {
@@ -114,11 +129,10 @@ pub async fn run(
     }
     let server = Arc::new(server);
     let lifecycle = Lifecycle::new();
-    let readiness = Arc::new(admin::Readiness::default());
 
     for bound in listeners.bound {
         let settings = ConnSettings {
-            tls: (bound.role != Role::Http).then(|| acceptor.clone()),
+            tls: (bound.role != Role::Http).then(|| tls_settings.clone()),
             handshake_timeout: config.limits.header_read_timeout,
             idle_timeout: config.limits.idle_timeout,
         };
@@ -139,15 +153,16 @@ pub async fn run(
         }
         tokio::spawn(admin::serve(
             admin_listener,
-            readiness.clone(),
+            resolver.clone(),
             lifecycle.subscribe(),
         ));
     }
-    readiness.set(true);
     info!(server_name = %config.server_name, "ready");
 
     shutdown.await;
-    readiness.set(false);
+    if let Some(task) = acme_task {
+        task.abort();
+    }
     let clean = lifecycle.shutdown(config.limits.shutdown_grace).await;
     info!(clean, "stopped");
     Ok(())

@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulConnection;
+use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::route::Role;
@@ -156,10 +157,19 @@ impl Drop for ActivityGuard {
     }
 }
 
+/// The TLS side of a listener.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Every ordinary handshake.
+    pub config: Arc<rustls::ServerConfig>,
+    /// Handshakes offering only ALPN `acme-tls/1`: an ACME server validating a name.
+    pub tls_alpn_challenge: Option<Arc<rustls::ServerConfig>>,
+}
+
 /// Settings every connection needs, shared by all listeners.
 #[derive(Clone)]
 pub struct ConnSettings {
-    pub tls: Option<TlsAcceptor>,
+    pub tls: Option<TlsSettings>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
 }
@@ -221,19 +231,43 @@ async fn serve_stream(
 ) {
     match &settings.tls {
         None => serve_io(stream, false, peer, role, server, &settings, phase).await,
-        Some(acceptor) => {
+        Some(tls) => {
             let handshake =
-                tokio::time::timeout(settings.handshake_timeout, acceptor.accept(stream));
+                tokio::time::timeout(settings.handshake_timeout, handshake(stream, tls));
             match handshake.await {
-                Ok(Ok(tls)) => {
+                Ok(Ok(Handshake::Http(tls))) => {
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_io(tls, h2, peer, role, server, &settings, phase).await
+                    serve_io(*tls, h2, peer, role, server, &settings, phase).await
+                }
+                Ok(Ok(Handshake::AcmeChallenge)) => {
+                    info!(%peer, role = role.as_str(), "answered a TLS-ALPN-01 validation")
                 }
                 Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => debug!(%peer, "TLS handshake timed out"),
             }
         }
     }
+}
+
+enum Handshake {
+    Http(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// A validation handshake, complete: the ACME server only needs to see the certificate.
+    AcmeChallenge,
+}
+
+/// Reads the ClientHello first, so that an ACME server's `acme-tls/1` handshake gets the
+/// challenge certificate and everything else the served certificates.
+async fn handshake(stream: TcpStream, tls: &TlsSettings) -> io::Result<Handshake> {
+    let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
+    if let Some(challenge) = &tls.tls_alpn_challenge {
+        if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) {
+            let mut stream = start.into_stream(challenge.clone()).await?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            return Ok(Handshake::AcmeChallenge);
+        }
+    }
+    let stream = start.into_stream(tls.config.clone()).await?;
+    Ok(Handshake::Http(Box::new(stream)))
 }
 
 async fn serve_io<IO>(

@@ -57,7 +57,10 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("matrix-edge: {e:#}");
                     let config_error = e.downcast_ref::<ConfigError>().is_some()
-                        || matches!(e.downcast_ref::<StartError>(), Some(StartError::Tls(_)));
+                        || matches!(
+                            e.downcast_ref::<StartError>(),
+                            Some(StartError::Tls(_) | StartError::Acme(_))
+                        );
                     if config_error {
                         ExitCode::from(EX_CONFIG)
                     } else {
@@ -82,12 +85,14 @@ fn check(path: &std::path::Path) -> ExitCode {
         println!("warning: {}: {w}", path.display());
     }
     match matrix_edge::tls::load(&loaded.config.tls) {
-        Ok(certs) => {
+        Ok(Some(certs)) => {
             let now = std::time::SystemTime::now();
             for w in matrix_edge::tls::warnings(&certs, &loaded.config.tls, now) {
                 println!("warning: {}: {w}", path.display());
             }
         }
+        // ACME: certificates come at run time; the cache directory is checked then.
+        Ok(None) => {}
         Err(e) => {
             eprintln!("error: {}: {e}", path.display());
             return ExitCode::from(EX_CONFIG);

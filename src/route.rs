@@ -95,6 +95,8 @@ pub enum Route {
     Forward(Class),
     /// Plain HTTP GET/HEAD: 301 to the same target on https.
     RedirectToHttps,
+    /// Plain HTTP GET/HEAD of `/.well-known/acme-challenge/<token>`: an HTTP-01 validation.
+    AcmeHttp01,
     Refuse(Refusal),
     NotFound,
 }
@@ -140,10 +142,16 @@ pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Where HTTP-01 tokens are fetched (RFC 8555 §8.3).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
 /// Decides what to do with a request. `path` is the raw path, without the query.
 pub fn classify(role: Role, method: &Method, path: &str, peer: IpAddr, policy: &Policy) -> Route {
     if role == Role::Http {
         return if method == Method::GET || method == Method::HEAD {
+            if path.starts_with(ACME_CHALLENGE_PREFIX) {
+                return Route::AcmeHttp01;
+            }
             Route::RedirectToHttps
         } else {
             Route::Refuse(Refusal::PlainHttp)

@@ -18,6 +18,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
+use crate::acme::AcmeHandle;
 use crate::config::{Config, Limits};
 use crate::forward::Forwarder;
 use crate::listener::Activity;
@@ -34,10 +35,11 @@ pub struct Server {
     limits: Limits,
     /// The port `301` redirects point at; omitted from `Location` when 443.
     https_port: u16,
+    acme: Option<AcmeHandle>,
 }
 
 impl Server {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config, acme: Option<AcmeHandle>) -> Self {
         let upstream = Upstream::new(&config.backend);
         Server {
             policy: Policy::from_config(config),
@@ -50,6 +52,7 @@ impl Server {
             ),
             limits: config.limits.clone(),
             https_port: config.listen.https.first().map(|a| a.port()).unwrap_or(443),
+            acme,
         }
     }
 
@@ -106,6 +109,7 @@ impl Server {
             Route::WellKnown(file) => Ok(self.well_known.respond(file, req.method())),
             Route::Forward(_) => self.forwarder.forward(req, peer.ip()).await,
             Route::RedirectToHttps => self.redirect(&req),
+            Route::AcmeHttp01 => self.acme_http01(req.uri().path()),
             Route::Refuse(Refusal::DotSegment) => Err(ProxyError::DotSegment),
             Route::Refuse(Refusal::Internal(p)) => Err(ProxyError::InternalPath(p.prefix())),
             Route::Refuse(Refusal::PlainHttp) => Err(ProxyError::PlainHttp),
@@ -123,6 +127,26 @@ impl Server {
                 e.into_response()
             }
         }
+    }
+
+    /// The key authorization for a pending HTTP-01 token, as RFC 8555 §8.3 asks: 200,
+    /// `application/octet-stream`. Unknown tokens are a 404.
+    fn acme_http01(&self, path: &str) -> Result<Response<ResponseBody>, ProxyError> {
+        let token = path
+            .strip_prefix(route::ACME_CHALLENGE_PREFIX)
+            .unwrap_or("");
+        let key_auth = self
+            .acme
+            .as_ref()
+            .and_then(|acme| acme.http01_key_auth(token))
+            .ok_or(ProxyError::NotFound)?;
+        tracing::info!(token, "answered an HTTP-01 validation");
+        let mut resp = Response::new(ResponseBody::full(key_auth));
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Ok(resp)
     }
 
     /// `301` to the same request-target on https. Never 308: some clients and older Synapse

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -172,31 +172,43 @@ pub fn warnings(set: &CertSet, tls: &Tls, now: SystemTime) -> Vec<String> {
 }
 
 /// The rustls certificate resolver: reads the current [`CertSet`] on every handshake.
-#[derive(Debug)]
+///
+/// Empty until the first certificate exists (an ACME deployment before its first order
+/// completes): handshakes then fail with a TLS alert rather than present a certificate that
+/// every verifying peer would refuse anyway.
+#[derive(Debug, Default)]
 pub struct Resolver {
-    current: ArcSwap<CertSet>,
+    current: ArcSwapOption<CertSet>,
 }
 
 impl Resolver {
-    pub fn new(set: CertSet) -> Arc<Self> {
+    pub fn new(set: Option<CertSet>) -> Arc<Self> {
         Arc::new(Resolver {
-            current: ArcSwap::from_pointee(set),
+            current: ArcSwapOption::from(set.map(Arc::new)),
         })
     }
 
     /// Replaces the served certificates; handshakes already done keep theirs.
     pub fn swap(&self, set: CertSet) {
-        self.current.store(Arc::new(set));
+        self.current.store(Some(Arc::new(set)));
     }
 
-    pub fn current(&self) -> Arc<CertSet> {
+    pub fn current(&self) -> Option<Arc<CertSet>> {
         self.current.load_full()
+    }
+
+    /// True once there is a certificate to serve.
+    pub fn is_ready(&self) -> bool {
+        self.current.load().is_some()
     }
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().pick(hello.server_name()).key.clone())
+        let current = self.current.load();
+        current
+            .as_ref()
+            .map(|set| set.pick(hello.server_name()).key.clone())
     }
 }
 
@@ -205,8 +217,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// Loads the certificates a config names.
-pub fn load(tls: &Tls) -> Result<CertSet, TlsError> {
+/// Loads the certificates a config names; `None` for ACME, whose certificates arrive later.
+pub fn load(tls: &Tls) -> Result<Option<CertSet>, TlsError> {
     let provider = provider();
     let certs = match &tls.source {
         CertSource::Files(pairs) => pairs
@@ -214,9 +226,11 @@ pub fn load(tls: &Tls) -> Result<CertSet, TlsError> {
             .map(|p| load_pair(p, &provider))
             .collect::<Result<Vec<_>, _>>()?,
         CertSource::SelfSigned => vec![self_signed(&tls.names, &provider)?],
+        CertSource::Acme(_) => return Ok(None),
     };
     // `new` is None only for an empty list, which config validation rules out.
     CertSet::new(certs)
+        .map(Some)
         .ok_or_else(|| TlsError::Config(rustls::Error::General("no certificate configured".into())))
 }
 
@@ -256,6 +270,32 @@ fn load_pair(files: &CertFiles, provider: &CryptoProvider) -> Result<Served, Tls
         Err(_) => {}
     }
     served(certified, &files.cert)
+}
+
+/// A certificate from one PEM bundle: the private key (PKCS#8) first, then the chain, leaf
+/// first. This is how the ACME cache stores what the CA issued.
+pub fn from_pem_bundle(pem: &[u8], origin: &Path) -> Result<Served, TlsError> {
+    let read_err = |source| TlsError::Read {
+        path: origin.to_owned(),
+        source,
+    };
+    let key = PrivateKeyDer::from_pem_slice(pem).map_err(read_err)?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: origin.to_owned(),
+        });
+    }
+    let signing = provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::BadKey {
+            path: origin.to_owned(),
+            source,
+        })?;
+    served(CertifiedKey::new(chain, signing), origin)
 }
 
 fn served(certified: CertifiedKey, path: &Path) -> Result<Served, TlsError> {

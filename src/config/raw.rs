@@ -71,6 +71,26 @@ pub(crate) struct RawTls {
     pub certificates: Vec<S<RawCertPair>>,
     /// Generate a self-signed certificate for `names` at start. For local trials only.
     pub self_signed: Option<S<bool>>,
+    /// Get and renew one certificate for `names` by ACME.
+    pub acme: Option<S<RawAcme>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawAcme {
+    /// `"letsencrypt"`, `"letsencrypt-staging"`, or the https URL of an ACME directory.
+    /// Default `"letsencrypt"`.
+    pub directory: Option<S<String>>,
+    /// Account contacts, e.g. `["mailto:admin@example.com"]`. Default: none.
+    #[serde(default)]
+    pub contact: Vec<S<String>>,
+    /// Directory for the account key and certificates. Default `"/var/lib/matrix-edge/acme"`.
+    pub cache: Option<S<String>>,
+    /// `"tls-alpn-01"` (on the https listeners) or `"http-01"` (on the http listener).
+    /// Default `"tls-alpn-01"`.
+    pub challenge: Option<S<String>>,
+    /// PEM file of extra roots to trust for the ACME server's own HTTPS (a private CA).
+    pub ca_roots: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

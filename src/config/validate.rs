@@ -169,6 +169,16 @@ impl Validator {
         let limits = self.limits(&raw.limits);
         let forward = self.forward(&raw.forward);
         let allow = self.allow(&raw.allow);
+        if let (
+            Some(listen),
+            Some(Tls {
+                source: CertSource::Acme(acme),
+                ..
+            }),
+        ) = (&listen, &tls)
+        {
+            self.acme_listen_checks(&raw, listen, acme);
+        }
         if let (Some(server_name), Some(listen), Some(wk)) = (&server_name, &listen, &well_known) {
             self.federation_warnings(&raw, server_name, listen, wk);
         }
@@ -363,6 +373,53 @@ impl Validator {
             .as_ref()
             .map(|s| *s.get_ref())
             .unwrap_or(false);
+        let acme = raw.acme.as_ref().and_then(|a| self.acme(a));
+        let chosen: Vec<&str> = [
+            (!pairs.is_empty() || raw.cert.is_some() || raw.key.is_some())
+                .then_some("`tls.cert`/`tls.key`/`tls.certificates`"),
+            self_signed.then_some("`tls.self_signed`"),
+            raw.acme.is_some().then_some("`[tls.acme]`"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if chosen.len() > 1 {
+            let (key, label, span) = match &raw.acme {
+                Some(a) => ("tls.acme", "`[tls.acme]`", Some(a.span())),
+                None => (
+                    "tls.self_signed",
+                    "`tls.self_signed`",
+                    raw.self_signed.as_ref().map(|s| s.span()),
+                ),
+            };
+            let others: Vec<&str> = chosen.iter().copied().filter(|c| *c != label).collect();
+            self.error(
+                span,
+                key,
+                format!(
+                    "cannot be combined with {}; choose one certificate source",
+                    others.join(" and ")
+                ),
+            );
+            return None;
+        }
+        if let Some(a) = &raw.acme {
+            if let Some(ip) = names.iter().find(|n| n.parse::<std::net::IpAddr>().is_ok()) {
+                self.error(
+                    Some(a.span()),
+                    "tls.names",
+                    format!("`{ip}` is an IP address; ACME certificates here cover DNS names only"),
+                );
+            }
+            let defaulted_from_bad_name = raw.names.is_none() && server_name.is_none();
+            if names.is_empty() && !defaulted_from_bad_name {
+                self.error(None, "tls.names", "is empty; list at least the server name");
+            }
+            return (self.errors.len() == errors_before).then_some(Tls {
+                names,
+                source: CertSource::Acme(acme?),
+            });
+        }
         let source = match (self_signed, pairs.is_empty()) {
             (true, true) => {
                 if let Some(s) = &raw.self_signed {
@@ -390,7 +447,7 @@ impl Validator {
                 self.error(
                     None,
                     "tls",
-                    "no certificate configured: set `tls.cert` and `tls.key` (PEM files), or `tls.self_signed = true` for a local trial",
+                    "no certificate configured: add `[tls.acme]`, or set `tls.cert` and `tls.key` (PEM files), or `tls.self_signed = true` for a local trial",
                 );
                 None
             }
@@ -403,6 +460,94 @@ impl Validator {
             names,
             source: source?,
         })
+    }
+
+    fn acme(&mut self, raw: &S<raw::RawAcme>) -> Option<Acme> {
+        let a = raw.get_ref();
+        let errors_before = self.errors.len();
+        let directory = match &a.directory {
+            None => Some(LETS_ENCRYPT.to_owned()),
+            Some(d) => self.check("tls.acme.directory", d, |s| match s.as_str() {
+                "letsencrypt" => Ok(LETS_ENCRYPT.to_owned()),
+                "letsencrypt-staging" => Ok(LETS_ENCRYPT_STAGING.to_owned()),
+                url => match url.parse::<http::Uri>() {
+                    Ok(u) if u.scheme_str() == Some("https") && u.authority().is_some() => Ok(url.to_owned()),
+                    _ => Err(format!("`{url}` is not \"letsencrypt\", \"letsencrypt-staging\" or an https:// directory URL")),
+                },
+            }),
+        };
+        let contact = a
+            .contact
+            .iter()
+            .filter_map(|c| {
+                self.check("tls.acme.contact", c, |s| match s.strip_prefix("mailto:") {
+                    Some(mail) if mail.contains('@') && !mail.contains(char::is_whitespace) => {
+                        Ok(s.clone())
+                    }
+                    _ => Err(format!(
+                        "`{s}` must be a mailto: URL, e.g. \"mailto:admin@example.com\""
+                    )),
+                })
+            })
+            .collect();
+        let cache = match &a.cache {
+            None => PathBuf::from("/var/lib/matrix-edge/acme"),
+            Some(c) => self
+                .check("tls.acme.cache", c, |s| {
+                    if s.is_empty() {
+                        Err("must name a directory, e.g. \"/var/lib/matrix-edge/acme\"".to_owned())
+                    } else {
+                        Ok(PathBuf::from(s))
+                    }
+                })
+                .unwrap_or_default(),
+        };
+        let challenge = match &a.challenge {
+            None => Some(Challenge::TlsAlpn01),
+            Some(c) => self.check("tls.acme.challenge", c, |s| match s.as_str() {
+                "tls-alpn-01" => Ok(Challenge::TlsAlpn01),
+                "http-01" => Ok(Challenge::Http01),
+                other => Err(format!("`{other}` is not a challenge; use \"tls-alpn-01\" or \"http-01\" (DNS-01 is not supported)")),
+            }),
+        };
+        let ca_roots = a.ca_roots.as_ref().map(|p| PathBuf::from(p.get_ref()));
+        (self.errors.len() == errors_before).then_some(Acme {
+            directory: directory?,
+            contact,
+            cache,
+            challenge: challenge?,
+            ca_roots,
+        })
+    }
+
+    /// The challenge must be answerable on the listeners this config has.
+    fn acme_listen_checks(&mut self, raw: &RawConfig, listen: &Listen, acme: &Acme) {
+        let span = raw.tls.acme.as_ref().map(|a| a.span());
+        let challenge_span = raw
+            .tls
+            .acme
+            .as_ref()
+            .and_then(|a| a.get_ref().challenge.as_ref().map(|c| c.span()))
+            .or(span.clone());
+        match acme.challenge {
+            Challenge::Http01 if listen.http.is_empty() => self.error(
+                challenge_span,
+                "tls.acme.challenge",
+                "\"http-01\" is answered on the plain-HTTP listener, and `listen.http` is empty",
+            ),
+            Challenge::Http01 if acme.is_lets_encrypt() && !listen.http.iter().any(|a| a.port() == 80 || a.port() == 0) => self.warn(
+                challenge_span,
+                "tls.acme.challenge",
+                "Let's Encrypt validates http-01 on port 80 only, and no http listener uses port 80 (fine behind a port forward)",
+            ),
+            Challenge::TlsAlpn01 if listen.https.is_empty() && listen.federation.is_empty() => {}
+            Challenge::TlsAlpn01 if acme.is_lets_encrypt() && !listen.https.iter().any(|a| a.port() == 443 || a.port() == 0) => self.warn(
+                challenge_span,
+                "tls.acme.challenge",
+                "Let's Encrypt validates tls-alpn-01 on port 443 only, and no https listener uses port 443 (fine behind a port forward); a host reachable only on 8448 cannot get a certificate this way",
+            ),
+            _ => {}
+        }
     }
 
     fn well_known(&mut self, raw: &raw::RawWellKnown) -> Option<WellKnown> {

@@ -209,6 +209,24 @@ fn dot_segments_refused() {
 }
 
 #[test]
+fn acme_http01_on_plain_http_only() {
+    let p = policy();
+    let path = "/.well-known/acme-challenge/tok_en-123";
+    assert_eq!(
+        classify(Role::Http, &Method::GET, path, PUBLIC, &p),
+        Route::AcmeHttp01
+    );
+    assert_eq!(
+        classify(Role::Http, &Method::POST, path, PUBLIC, &p),
+        Route::Refuse(Refusal::PlainHttp)
+    );
+    assert_eq!(
+        classify(Role::Https, &Method::GET, path, PUBLIC, &p),
+        Route::NotFound
+    );
+}
+
+#[test]
 fn plain_http_redirects_get_and_head_only() {
     let p = policy();
     for m in [Method::GET, Method::HEAD] {
