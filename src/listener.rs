@@ -259,12 +259,12 @@ enum Handshake {
 /// challenge certificate and everything else the served certificates.
 async fn handshake(stream: TcpStream, tls: &TlsSettings) -> io::Result<Handshake> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-    if let Some(challenge) = &tls.tls_alpn_challenge {
-        if rustls_acme::is_tls_alpn_challenge(&start.client_hello()) {
-            let mut stream = start.into_stream(challenge.clone()).await?;
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
-            return Ok(Handshake::AcmeChallenge);
-        }
+    if let Some(challenge) = &tls.tls_alpn_challenge
+        && rustls_acme::is_tls_alpn_challenge(&start.client_hello())
+    {
+        let mut stream = start.into_stream(challenge.clone()).await?;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        return Ok(Handshake::AcmeChallenge);
     }
     let stream = start.into_stream(tls.config.clone()).await?;
     Ok(Handshake::Http(Box::new(stream)))
