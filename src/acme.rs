@@ -244,7 +244,9 @@ impl DiskCache {
 
 /// The cache's file names carry a fingerprint of the names (or contacts) and the directory URL,
 /// so a changed config never picks up a certificate issued for another one.
-fn cert_file(domains: &[String], directory_url: &str) -> String {
+/// The cache file holding the certificate for `domains` from `directory_url`: the account key
+/// and the certificate live next to each other in `tls.acme.cache`.
+pub fn certificate_file(domains: &[String], directory_url: &str) -> String {
     format!("certificate-{}.pem", fingerprint(domains, directory_url))
 }
 
@@ -293,7 +295,7 @@ impl CertCache for DiskCache {
         domains: &[String],
         directory_url: &str,
     ) -> std::io::Result<Option<Vec<u8>>> {
-        let name = cert_file(domains, directory_url);
+        let name = certificate_file(domains, directory_url);
         let pem = self.read(name.clone()).await?;
         if let (Some(pem), Ok(mut loaded)) = (&pem, self.0.loaded.lock()) {
             *loaded = Some((self.0.dir.join(name), pem.clone()));
@@ -308,7 +310,7 @@ impl CertCache for DiskCache {
         cert: &[u8],
     ) -> std::io::Result<()> {
         // Serve it before writing it: a full disk must not keep a fresh certificate off the wire.
-        let name = cert_file(domains, directory_url);
+        let name = certificate_file(domains, directory_url);
         self.deploy(cert, &self.0.dir.join(&name));
         self.write(name, cert.to_vec()).await
     }
@@ -368,16 +370,16 @@ mod tests {
         let names = vec!["a.test".to_string(), "b.test".to_string()];
         let other = vec!["a.test".to_string()];
         assert_ne!(
-            cert_file(&names, "https://x/dir"),
-            cert_file(&other, "https://x/dir")
+            certificate_file(&names, "https://x/dir"),
+            certificate_file(&other, "https://x/dir")
         );
         assert_ne!(
-            cert_file(&names, "https://x/dir"),
-            cert_file(&names, "https://y/dir")
+            certificate_file(&names, "https://x/dir"),
+            certificate_file(&names, "https://y/dir")
         );
         assert_eq!(
-            cert_file(&names, "https://x/dir"),
-            cert_file(&names, "https://x/dir")
+            certificate_file(&names, "https://x/dir"),
+            certificate_file(&names, "https://x/dir")
         );
     }
 }

@@ -16,10 +16,10 @@ use crate::support::{Backend, connect};
 const BIN: &str = env!("CARGO_BIN_EXE_matrix-edge");
 
 /// A running `matrix-edge run`, killed when dropped (also when a test fails).
-struct Running {
+pub(crate) struct Running {
     child: Child,
     listening: Vec<(String, SocketAddr)>,
-    stderr_rest: mpsc::Receiver<String>,
+    pub(crate) stderr_rest: mpsc::Receiver<String>,
 }
 
 impl Drop for Running {
@@ -30,7 +30,7 @@ impl Drop for Running {
 }
 
 impl Running {
-    fn start(config: &Path) -> Running {
+    pub(crate) fn start(config: &Path) -> Running {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)

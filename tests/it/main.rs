@@ -4,6 +4,7 @@
 
 mod support;
 
+mod acme;
 mod binary;
 mod limits;
 mod routing;

@@ -2,6 +2,8 @@
 
 pub mod backend;
 pub mod client;
+pub mod dns;
+pub mod pebble;
 pub mod pki;
 pub mod proxy;
 

@@ -46,6 +46,29 @@ impl TestCa {
         files
     }
 
+    pub fn write_pem(&self, path: &Path) {
+        std::fs::write(path, self.cert.pem()).unwrap();
+    }
+
+    /// A PEM bundle as the ACME cache stores it (PKCS#8 key, then the certificate), valid from
+    /// `not_before` to `not_after`.
+    pub fn bundle(
+        &self,
+        names: &[&str],
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> (Vec<u8>, CertificateDer<'static>) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        let pem = format!("{}{}", key.serialize_pem(), cert.pem());
+        (pem.into_bytes(), cert.der().clone())
+    }
+
     pub fn roots(&self) -> Arc<RootCertStore> {
         let mut roots = RootCertStore::empty();
         roots

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use matrix_edge::config::Config;
+use matrix_edge::listener::Bound;
 use matrix_edge::route::Role;
 use matrix_edge::{Listeners, run};
 
@@ -37,6 +38,37 @@ pub struct ProxyBuilder {
     tls: Option<String>,
     ca: TestCa,
     dir: tempfile::TempDir,
+    ports: Option<Ports>,
+}
+
+/// Listeners bound before the proxy starts, so their ports can be given to others first (Pebble
+/// validates on ports it is told at start).
+pub struct Ports {
+    pub https: tokio::net::TcpListener,
+    pub federation: tokio::net::TcpListener,
+    pub http: tokio::net::TcpListener,
+    pub admin: tokio::net::TcpListener,
+}
+
+impl Ports {
+    pub fn any() -> Ports {
+        Self::at(["127.0.0.1:0".parse().unwrap(); 4])
+    }
+
+    /// Binds `[https, federation, http, admin]` again, e.g. after a restart.
+    pub fn at(addrs: [SocketAddr; 4]) -> Ports {
+        let bind = |a| matrix_edge::listener::bind(a, false, "test").unwrap();
+        Ports {
+            https: bind(addrs[0]),
+            federation: bind(addrs[1]),
+            http: bind(addrs[2]),
+            admin: bind(addrs[3]),
+        }
+    }
+
+    pub fn addrs(&self) -> [SocketAddr; 4] {
+        [&self.https, &self.federation, &self.http, &self.admin].map(|l| l.local_addr().unwrap())
+    }
 }
 
 impl Proxy {
@@ -49,6 +81,7 @@ impl Proxy {
             tls: None,
             ca: TestCa::new(),
             dir: tempfile::tempdir().unwrap(),
+            ports: None,
         }
     }
 
@@ -94,6 +127,12 @@ impl ProxyBuilder {
         &self.ca
     }
 
+    /// Serve on these listeners instead of fresh ones.
+    pub fn ports(mut self, ports: Ports) -> Self {
+        self.ports = Some(ports);
+        self
+    }
+
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_owned()
     }
@@ -111,6 +150,8 @@ impl ProxyBuilder {
                 )
             }
         };
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let addrs = self.ports.as_ref().map(|p| p.addrs()).unwrap_or([any; 4]);
         let text = format!(
             r#"server_name = "example.test"
 
@@ -118,21 +159,44 @@ impl ProxyBuilder {
 url = "{backend}"
 {backend_extra}
 [listen]
-https = ["127.0.0.1:0"]
-federation = ["127.0.0.1:0"]
-http = ["127.0.0.1:0"]
-admin = "127.0.0.1:0"
+https = ["{https}"]
+federation = ["{federation}"]
+http = ["{http}"]
+admin = "{admin}"
 
 {tls}
 {extra}
 "#,
+            https = addrs[0],
+            federation = addrs[1],
+            http = addrs[2],
+            admin = addrs[3],
             backend = self.backend_url,
             backend_extra = self.backend_extra,
             extra = self.extra,
         );
         let loaded =
             Config::parse(&text).unwrap_or_else(|e| panic!("test config refused: {e:?}\n{text}"));
-        let listeners = Listeners::bind(&loaded.config).unwrap();
+        let listeners = match self.ports {
+            None => Listeners::bind(&loaded.config).unwrap(),
+            Some(p) => Listeners {
+                bound: vec![
+                    Bound {
+                        role: Role::Https,
+                        listener: p.https,
+                    },
+                    Bound {
+                        role: Role::Federation,
+                        listener: p.federation,
+                    },
+                    Bound {
+                        role: Role::Http,
+                        listener: p.http,
+                    },
+                ],
+                admin: Some(p.admin),
+            },
+        };
         let https = listeners.addr(Role::Https).unwrap();
         let federation = listeners.addr(Role::Federation).unwrap();
         let http = listeners.addr(Role::Http).unwrap();
