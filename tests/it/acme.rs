@@ -343,3 +343,67 @@ fn acme_failure_is_one_clear_log_line() {
     );
     assert!(line.contains("retrying in"), "{line}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The built binary, given only a config with `[tls.acme]` pointing at Pebble, serves a chain
+/// that verifies against Pebble's root for every name on both TLS ports, and a restart serves
+/// the same certificate from its cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn built_binary_obtains_serves_and_keeps_its_certificate() {
+    let dns = dns().await;
+    let work = tempfile::tempdir().unwrap();
+    let (https, federation, admin) = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(work.path(), dns.addr, free_port(), https).await;
+    let config = work.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server_name = \"example.test\"\n[backend]\nurl = \"http://127.0.0.1:8008\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nfederation = [\"127.0.0.1:{federation}\"]\nhttp = []\nadmin = \"127.0.0.1:{admin}\"\n[well_known]\nserver = \"matrix.example.test:443\"\n[tls.acme]\ndirectory = {:?}\ncache = {:?}\nca_roots = {:?}\n",
+            pebble.directory,
+            work.path().join("acme").display().to_string(),
+            pebble.api_ca_pem.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let ports: Vec<std::net::SocketAddr> = [https, federation]
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
+
+    let mut first = crate::binary::Running::start(&config);
+    wait_ready(admin, Duration::from_secs(60)).await;
+    let roots = pebble.roots().await;
+    let mut issued = None;
+    // tls.names was left to its default: the server name and the m.server host.
+    for addr in &ports {
+        for name in NAMES {
+            let der = leaf(*addr, name, roots.clone()).await.unwrap();
+            assert_eq!(*issued.get_or_insert(der.clone()), der);
+        }
+    }
+    let exit = tokio::task::spawn_blocking(move || first.terminate())
+        .await
+        .unwrap();
+    assert_eq!(exit, Some(0));
+
+    let _second = crate::binary::Running::start(&config);
+    wait_ready(admin, Duration::from_secs(20)).await;
+    for addr in &ports {
+        let der = leaf(*addr, "matrix.example.test", roots.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            Some(der),
+            issued,
+            "the restart must serve the cached certificate"
+        );
+    }
+}

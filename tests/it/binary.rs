@@ -93,7 +93,7 @@ impl Running {
     }
 
     /// Sends SIGTERM and returns the exit code.
-    fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
         let status = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()
