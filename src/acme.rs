@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::{Acme, Challenge};
+use crate::metrics::{AcmeOutcome, Metrics};
 use crate::tls::{self, CertSet, Resolver};
 
 #[derive(Debug, thiserror::Error)]
@@ -76,9 +77,10 @@ pub fn start(
     acme: &Acme,
     names: &[String],
     resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
 ) -> Result<(AcmeHandle, JoinHandle<()>), AcmeError> {
     let client = client_config(acme)?;
-    let cache = DiskCache::open(&acme.cache, resolver)?;
+    let cache = DiskCache::open(&acme.cache, resolver, metrics.clone(), names.to_vec())?;
     let challenge = match acme.challenge {
         Challenge::TlsAlpn01 => UseChallenge::TlsAlpn01,
         Challenge::Http01 => UseChallenge::Http01,
@@ -103,15 +105,18 @@ pub fn start(
         while let Some(event) = state.next().await {
             match event {
                 Ok(EventOk::DeployedCachedCert) => {
+                    metrics.acme_event(AcmeOutcome::loaded_from_cache);
                     cache.deploy_loaded();
                 }
                 Ok(EventOk::DeployedNewCert) => {
+                    metrics.acme_event(AcmeOutcome::issued);
                     failures = 0;
                     info!(%directory, %names, "ACME: new certificate issued");
                 }
                 Ok(EventOk::CertCacheStore) => debug!("ACME: certificate stored in the cache"),
                 Ok(EventOk::AccountCacheStore) => debug!("ACME: account key stored in the cache"),
                 Err(rustls_acme::EventError::Order(e)) => {
+                    metrics.acme_event(AcmeOutcome::failed);
                     // rustls-acme waits 2^n seconds (n capped at 16) before the next attempt.
                     let retry = Duration::from_secs(1 << failures.min(16));
                     failures += 1;
@@ -175,12 +180,19 @@ struct DiskCache(Arc<CacheInner>);
 struct CacheInner {
     dir: PathBuf,
     resolver: Arc<Resolver>,
+    metrics: Arc<Metrics>,
+    names: Vec<String>,
     /// The certificate last loaded from disk (path, PEM), deployed once rustls-acme accepts it.
     loaded: Mutex<Option<(PathBuf, Vec<u8>)>>,
 }
 
 impl DiskCache {
-    fn open(dir: &Path, resolver: Arc<Resolver>) -> Result<Self, AcmeError> {
+    fn open(
+        dir: &Path,
+        resolver: Arc<Resolver>,
+        metrics: Arc<Metrics>,
+        names: Vec<String>,
+    ) -> Result<Self, AcmeError> {
         let err = |source| AcmeError::Cache {
             path: dir.to_owned(),
             source,
@@ -198,6 +210,8 @@ impl DiskCache {
         Ok(DiskCache(Arc::new(CacheInner {
             dir: dir.to_owned(),
             resolver,
+            metrics,
+            names,
             loaded: Mutex::new(None),
         })))
     }
@@ -211,6 +225,7 @@ impl DiskCache {
                     .unwrap_or_default();
                 info!(names = ?served.names, %expires, "ACME: serving certificate");
                 if let Some(set) = CertSet::new(vec![served]) {
+                    self.0.metrics.certificates(&set, &self.0.names);
                     self.0.resolver.swap(set);
                 }
             }
@@ -360,7 +375,13 @@ mod tests {
         let cache = dir.path().join("acme");
         std::fs::create_dir(&cache).unwrap();
         std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o755)).unwrap();
-        DiskCache::open(&cache, Resolver::new(None)).unwrap();
+        DiskCache::open(
+            &cache,
+            Resolver::new(None),
+            Arc::new(Metrics::new()),
+            Vec::new(),
+        )
+        .unwrap();
         let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
     }

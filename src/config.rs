@@ -112,6 +112,8 @@ pub struct Tls {
     /// Names the certificates are expected to cover (DNS names or IP addresses, no port).
     pub names: Vec<String>,
     pub source: CertSource,
+    /// How often certificate files are checked for changes; zero turns the check off.
+    pub watch_interval: Duration,
 }
 
 /// The three well-known files, rendered once at load so serving them is a copy of `Bytes`.

@@ -8,6 +8,8 @@
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::header::{
@@ -21,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::respond::{ProxyError, ResponseBody};
 use crate::route::canonical_ip;
-use crate::upstream::Upstream;
+use crate::upstream::{Counted, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -55,10 +57,12 @@ impl Forwarder {
         }
     }
 
+    /// Forwards `req`; `bytes_in` counts the request body bytes streamed to the backend.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         peer: IpAddr,
+        bytes_in: &Arc<AtomicU64>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if declared_length(req.headers()).is_some_and(|n| n > self.max_body) {
             return Err(ProxyError::TooLarge {
@@ -84,6 +88,7 @@ impl Forwarder {
             headers.insert(HOST, host);
         }
 
+        let body = Counted::new(body, bytes_in.clone());
         let mut upstream_req = Request::new(Limited::new(body, self.max_body as usize));
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;

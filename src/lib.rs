@@ -33,23 +33,30 @@ pub mod admin;
 pub mod config;
 pub mod forward;
 pub mod listener;
+pub mod metrics;
+pub mod reload;
 pub mod respond;
 pub mod route;
 pub mod server;
+pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 pub mod wellknown;
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use config::{CertSource, Config};
-use listener::{Bound, ConnSettings, Lifecycle, TlsSettings};
+use listener::{Bound, Lifecycle, TlsSettings};
+use metrics::Metrics;
 use route::Role;
+use server::{Server, SharedServer};
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -95,22 +102,38 @@ impl Listeners {
     }
 }
 
-/// Runs the proxy on bound listeners until `shutdown` completes, then drains.
+/// What a running proxy can be asked to do.
+pub enum Command {
+    /// Swap in a validated configuration (SIGHUP).
+    Reload(Box<Config>),
+    /// Stop accepting, drain, return (SIGTERM, SIGINT).
+    Shutdown,
+}
+
+/// Runs the proxy on bound listeners until a [`Command::Shutdown`] arrives (or the command
+/// channel closes), then drains.
 pub async fn run(
     config: Config,
     listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
+    commands: mpsc::Receiver<Command>,
 ) -> Result<(), StartError> {
+    let metrics = Arc::new(Metrics::new());
     let certs = tls::load(&config.tls)?;
     if let Some(certs) = &certs {
-        for warning in tls::warnings(certs, &config.tls, std::time::SystemTime::now()) {
+        for warning in tls::warnings(certs, &config.tls, SystemTime::now()) {
             warn!("{warning}");
         }
+        metrics.certificates(certs, &config.tls.names);
     }
     let resolver = tls::Resolver::new(certs);
     let (acme, acme_task) = match &config.tls.source {
         CertSource::Acme(settings) => {
-            let (handle, task) = acme::start(settings, &config.tls.names, resolver.clone())?;
+            let (handle, task) = acme::start(
+                settings,
+                &config.tls.names,
+                resolver.clone(),
+                metrics.clone(),
+            )?;
             (Some(handle), Some(task))
         }
         _ => (None, None),
@@ -119,33 +142,28 @@ pub async fn run(
         config: tls::server_config(resolver.clone())?,
         tls_alpn_challenge: acme.as_ref().and_then(|a| a.tls_alpn_config()),
     };
-
-    let mut server = server::Server::new(&config, acme);
-    if let Some(port) = listeners.addr(Role::Https).map(|a| a.port()) {
-        // With port 0 in the config, the real port is only known once bound.
-        if config.listen.https.first().is_some_and(|a| a.port() == 0) {
-            server.set_https_port(port);
-        }
-    }
-    let server = Arc::new(server);
+    let https_port = listeners.addr(Role::Https).map(|a| a.port());
+    let server: SharedServer = Arc::new(ArcSwap::from_pointee(Server::new(
+        &config,
+        acme.clone(),
+        metrics.clone(),
+        https_port,
+    )));
     let lifecycle = Lifecycle::new();
-
+    let shared_config = Arc::new(ArcSwap::from_pointee(config));
+    let mut state = reload::State {
+        config: shared_config.clone(),
+        server: server.clone(),
+        resolver: resolver.clone(),
+        acme,
+        metrics: metrics.clone(),
+        tls: tls_settings,
+        phase: lifecycle.subscribe(),
+        tracker: lifecycle.tracker.clone(),
+        listeners: Default::default(),
+    };
     for bound in listeners.bound {
-        let settings = ConnSettings {
-            tls: (bound.role != Role::Http).then(|| tls_settings.clone()),
-            handshake_timeout: config.limits.header_read_timeout,
-            idle_timeout: config.limits.idle_timeout,
-        };
-        if let Ok(addr) = bound.local_addr() {
-            info!(role = bound.role.as_str(), %addr, "listening on {addr}");
-        }
-        tokio::spawn(listener::accept_loop(
-            bound,
-            server.clone(),
-            settings,
-            lifecycle.subscribe(),
-            lifecycle.tracker.clone(),
-        ));
+        state.spawn_listener(bound);
     }
     if let Some(admin_listener) = listeners.admin {
         if let Ok(addr) = admin_listener.local_addr() {
@@ -153,17 +171,35 @@ pub async fn run(
         }
         tokio::spawn(admin::serve(
             admin_listener,
-            resolver.clone(),
+            admin::Probe {
+                resolver: resolver.clone(),
+                server: server.clone(),
+                metrics: metrics.clone(),
+            },
             lifecycle.subscribe(),
         ));
     }
-    info!(server_name = %config.server_name, "ready");
+    let watcher = tokio::spawn(reload::watch_certificates(
+        shared_config.clone(),
+        resolver.clone(),
+        metrics.clone(),
+    ));
+    let server_name = shared_config.load().server_name.to_string();
+    info!(server_name, "ready");
+    supervisor::ready(&format!("serving {server_name}"));
 
-    shutdown.await;
+    state.serve_commands(commands).await;
+    // The state holds a tracker clone; the drain below waits for every clone to go.
+    drop(state);
+
+    supervisor::stopping();
+    watcher.abort();
     if let Some(task) = acme_task {
         task.abort();
     }
-    let clean = lifecycle.shutdown(config.limits.shutdown_grace).await;
+    let clean = lifecycle
+        .shutdown(shared_config.load().limits.shutdown_grace)
+        .await;
     info!(clean, "stopped");
     Ok(())
 }

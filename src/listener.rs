@@ -17,13 +17,14 @@ use hyper_util::server::graceful::GracefulConnection;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::metrics::{HandshakeResult, Metrics};
 use crate::route::Role;
-use crate::server::Server;
+use crate::server::{ConnService, Server, SharedServer};
 
 /// Where the process is in its life; connections watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -47,6 +48,8 @@ pub struct BindError {
 /// A bound socket and what it is for.
 pub struct Bound {
     pub role: Role,
+    /// The address as configured (port 0 stays 0); reloads compare these.
+    pub configured: SocketAddr,
     pub listener: TcpListener,
 }
 
@@ -97,7 +100,11 @@ pub fn bind_all(role: Role, addrs: &[SocketAddr]) -> Result<Vec<Bound>, BindErro
                 && addrs
                     .iter()
                     .any(|a| a.is_ipv4() && a.ip().is_unspecified() && a.port() == addr.port());
-            bind(*addr, v6_only, role.as_str()).map(|listener| Bound { role, listener })
+            bind(*addr, v6_only, role.as_str()).map(|listener| Bound {
+                role,
+                configured: *addr,
+                listener,
+            })
         })
         .collect()
 }
@@ -166,20 +173,22 @@ pub struct TlsSettings {
     pub tls_alpn_challenge: Option<Arc<rustls::ServerConfig>>,
 }
 
-/// Settings every connection needs, shared by all listeners.
+/// Settings every connection of a listener needs. Limits and timeouts are read from the current
+/// [`Server`] when a connection starts, so a reload applies to new connections.
 #[derive(Clone)]
 pub struct ConnSettings {
     pub tls: Option<TlsSettings>,
-    pub handshake_timeout: Duration,
-    pub idle_timeout: Duration,
+    pub metrics: Arc<Metrics>,
 }
 
-/// Accepts on one listener until the phase leaves `Running`.
+/// Accepts on one listener until the phase leaves `Running` or `stop` fires (the listener was
+/// removed by a reload; its open connections carry on).
 pub async fn accept_loop(
     bound: Bound,
-    server: Arc<Server>,
+    server: SharedServer,
     settings: ConnSettings,
     mut phase: watch::Receiver<Phase>,
+    mut stop: oneshot::Receiver<()>,
     tracker: mpsc::Sender<()>,
 ) {
     let role = bound.role;
@@ -188,6 +197,7 @@ pub async fn accept_loop(
         let accepted = tokio::select! {
             accepted = bound.listener.accept() => accepted,
             _ = reached(&mut phase, Phase::Drain) => break,
+            _ = &mut stop => break,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -207,7 +217,9 @@ pub async fn accept_loop(
         let phase = phase.clone();
         let tracker = tracker.clone();
         tokio::spawn(async move {
-            serve_stream(stream, peer, role, server, settings, phase).await;
+            settings.metrics.connections_open.inc();
+            serve_stream(stream, peer, role, server, &settings, phase).await;
+            settings.metrics.connections_open.dec();
             drop(tracker);
         });
     }
@@ -225,25 +237,49 @@ async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
     role: Role,
-    server: Arc<Server>,
-    settings: ConnSettings,
+    server: SharedServer,
+    settings: &ConnSettings,
     phase: watch::Receiver<Phase>,
 ) {
+    let current = server.load_full();
+    let limits = current.limits();
+    let idle_timeout = limits.idle_timeout;
     match &settings.tls {
-        None => serve_io(stream, false, peer, role, server, &settings, phase).await,
+        None => {
+            serve_io(
+                stream,
+                false,
+                peer,
+                role,
+                &server,
+                &current,
+                idle_timeout,
+                phase,
+            )
+            .await
+        }
         Some(tls) => {
             let handshake =
-                tokio::time::timeout(settings.handshake_timeout, handshake(stream, tls));
+                tokio::time::timeout(limits.header_read_timeout, handshake(stream, tls));
+            let metrics = &settings.metrics;
             match handshake.await {
                 Ok(Ok(Handshake::Http(tls))) => {
+                    metrics.handshake(HandshakeResult::ok);
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_io(*tls, h2, peer, role, server, &settings, phase).await
+                    serve_io(*tls, h2, peer, role, &server, &current, idle_timeout, phase).await
                 }
                 Ok(Ok(Handshake::AcmeChallenge)) => {
+                    metrics.handshake(HandshakeResult::acme_challenge);
                     info!(%peer, role = role.as_str(), "answered a TLS-ALPN-01 validation")
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    metrics.handshake(HandshakeResult::failed);
+                    debug!(%peer, error = %e, "TLS handshake failed")
+                }
+                Err(_) => {
+                    metrics.handshake(HandshakeResult::timeout);
+                    debug!(%peer, "TLS handshake timed out")
+                }
             }
         }
     }
@@ -270,29 +306,28 @@ async fn handshake(stream: TcpStream, tls: &TlsSettings) -> io::Result<Handshake
     Ok(Handshake::Http(Box::new(stream)))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_io<IO>(
     io: IO,
     h2: bool,
     peer: SocketAddr,
     role: Role,
-    server: Arc<Server>,
-    settings: &ConnSettings,
+    shared: &SharedServer,
+    current: &Server,
+    idle_timeout: Duration,
     phase: watch::Receiver<Phase>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let io = TokioIo::new(io);
+    let service = ConnService::new(shared.clone(), role, peer, activity.clone());
     if h2 {
-        let conn = server
-            .http2()
-            .serve_connection(io, server.service(role, peer, activity.clone()));
-        drive(conn, &activity, settings.idle_timeout, phase).await
+        let conn = current.http2().serve_connection(io, service);
+        drive(conn, &activity, idle_timeout, phase).await
     } else {
-        let conn = server
-            .http1()
-            .serve_connection(io, server.service(role, peer, activity.clone()));
-        drive(conn, &activity, settings.idle_timeout, phase).await
+        let conn = current.http1().serve_connection(io, service);
+        drive(conn, &activity, idle_timeout, phase).await
     }
 }
 
@@ -371,24 +406,5 @@ impl Lifecycle {
 impl Default for Lifecycle {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-/// A future that completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate());
-    let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => info!("SIGTERM received: draining"),
-                _ = int.recv() => info!("SIGINT received: draining"),
-            }
-        }
-        _ => {
-            warn!("cannot install signal handlers; falling back to Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use matrix_edge::config::{Config, ConfigError};
-use matrix_edge::{Listeners, StartError, listener, run};
+use matrix_edge::{Listeners, StartError, run, supervisor};
 
 /// The TLS front door of a Matrix homeserver.
 #[derive(Parser)]
@@ -21,15 +21,24 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run {
-        /// The configuration file.
+        /// The configuration file. SIGHUP re-reads it.
         #[arg(long, short)]
         config: PathBuf,
+        /// Log format: human-readable text, or one JSON object per line.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -50,8 +59,8 @@ fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check(&config),
-        Command::Run { config } => {
-            init_logging();
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
             match serve(&config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -102,17 +111,19 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("MATRIX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_target(true).flatten_event(true).init(),
+    }
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
@@ -126,7 +137,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let listeners = Listeners::bind(&loaded.config)?;
-        run(loaded.config, listeners, listener::shutdown_signal()).await?;
+        let commands = supervisor::spawn_signal_handler(path.to_owned())
+            .context("cannot install signal handlers")?;
+        run(loaded.config, listeners, commands).await?;
         Ok(())
     })
 }

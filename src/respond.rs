@@ -16,13 +16,85 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use http::uri::PathAndQuery;
+use http::{Method, Version};
+
 use crate::listener::ActivityGuard;
+use crate::metrics::{ClassLabel, Metrics, RequestLabels, RouteClass};
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
 pub struct ResponseBody {
     kind: Kind,
-    /// Marks the request as in flight on its connection until the body is done or dropped.
-    _guard: Option<ActivityGuard>,
+    /// The request's record, completed when the body is done or dropped.
+    finish: Option<Box<Finish>>,
+}
+
+/// What is known about a request once its response is under way; dropped when the response
+/// body ends (or the client goes away), which is when it counts and logs.
+pub struct Finish {
+    /// Marks the request as in flight on its connection.
+    pub(crate) _guard: ActivityGuard,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) start: Instant,
+    pub(crate) class: RouteClass,
+    pub(crate) status: u16,
+    pub(crate) method: Method,
+    /// For the log: only the path is written, never the query (it may carry an access token).
+    pub(crate) target: Option<PathAndQuery>,
+    pub(crate) version: Version,
+    pub(crate) peer: SocketAddr,
+    pub(crate) origin: Option<String>,
+    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
+    pub(crate) bytes_out: u64,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map(|b| b.load(Ordering::Relaxed))
+            .unwrap_or(0);
+        let m = &self.metrics;
+        m.in_flight.dec();
+        m.requests
+            .get_or_create(&RequestLabels {
+                class: self.class,
+                status: self.status,
+            })
+            .inc();
+        let class = ClassLabel { class: self.class };
+        m.duration
+            .get_or_create(&class)
+            .observe(elapsed.as_secs_f64());
+        if bytes_in > 0 {
+            m.request_bytes.get_or_create(&class).inc_by(bytes_in);
+        }
+        if self.bytes_out > 0 {
+            m.response_bytes
+                .get_or_create(&class)
+                .inc_by(self.bytes_out);
+        }
+        tracing::info!(
+            target: "matrix_edge::access",
+            peer = %self.peer,
+            method = %self.method,
+            path = self.target.as_ref().map(|t| t.path()).unwrap_or("/"),
+            version = ?self.version,
+            class = self.class.as_str(),
+            status = self.status,
+            duration_ms = elapsed.as_millis() as u64,
+            bytes_in,
+            bytes_out = self.bytes_out,
+            origin = self.origin.as_deref().unwrap_or("-"),
+        );
+    }
 }
 
 enum Kind {
@@ -34,7 +106,7 @@ impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         ResponseBody {
             kind: Kind::Full(Full::new(bytes.into())),
-            _guard: None,
+            finish: None,
         }
     }
 
@@ -45,12 +117,12 @@ impl ResponseBody {
     pub fn upstream(body: Incoming) -> Self {
         ResponseBody {
             kind: Kind::Upstream(body),
-            _guard: None,
+            finish: None,
         }
     }
 
-    pub(crate) fn with_guard(mut self, guard: ActivityGuard) -> Self {
-        self._guard = Some(guard);
+    pub(crate) fn with_finish(mut self, finish: Box<Finish>) -> Self {
+        self.finish = Some(finish);
         self
     }
 }
@@ -63,10 +135,17 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+        };
+        if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, &mut this.finish)
+            && let Some(data) = frame.data_ref()
+        {
+            finish.bytes_out += data.len() as u64;
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -8,7 +8,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
+use arc_swap::ArcSwap;
 use http::header::{CONTENT_LENGTH, HOST, HeaderValue, LOCATION};
 use http::uri::Authority;
 use http::{Request, Response, StatusCode};
@@ -19,10 +22,11 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
 use crate::acme::AcmeHandle;
-use crate::config::{Config, Limits};
+use crate::config::{BackendTarget, Config, Limits, ServerName};
 use crate::forward::Forwarder;
 use crate::listener::Activity;
-use crate::respond::{ProxyError, ResponseBody};
+use crate::metrics::{BackendError, BackendErrorLabels, Metrics, RouteClass};
+use crate::respond::{Finish, ProxyError, ResponseBody};
 use crate::route::{self, Policy, Refusal, Role, Route};
 use crate::upstream::Upstream;
 use crate::wellknown::WellKnownFiles;
@@ -36,10 +40,28 @@ pub struct Server {
     /// The port `301` redirects point at; omitted from `Location` when 443.
     https_port: u16,
     acme: Option<AcmeHandle>,
+    metrics: Arc<Metrics>,
+    backend: BackendTarget,
 }
 
+/// The server the connections use; replaced whole on reload, read once per request, so a request
+/// in flight finishes with the config it started with.
+pub type SharedServer = Arc<ArcSwap<Server>>;
+
 impl Server {
-    pub fn new(config: &Config, acme: Option<AcmeHandle>) -> Self {
+    /// `bound_https_port` is the port the first https listener really has, which differs from
+    /// the configured one only when that is 0 (tests).
+    pub fn new(
+        config: &Config,
+        acme: Option<AcmeHandle>,
+        metrics: Arc<Metrics>,
+        bound_https_port: Option<u16>,
+    ) -> Self {
+        let configured = config.listen.https.first().map(|a| a.port());
+        let https_port = match configured {
+            Some(0) | None => bound_https_port.unwrap_or(443),
+            Some(port) => port,
+        };
         let upstream = Upstream::new(&config.backend);
         Server {
             policy: Policy::from_config(config),
@@ -51,14 +73,19 @@ impl Server {
                 config.backend.response_timeout,
             ),
             limits: config.limits.clone(),
-            https_port: config.listen.https.first().map(|a| a.port()).unwrap_or(443),
+            https_port,
+            backend: config.backend.target.clone(),
             acme,
+            metrics,
         }
     }
 
-    /// Sets the port redirects point at, for tests that bind port 0.
-    pub fn set_https_port(&mut self, port: u16) {
-        self.https_port = port;
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn backend(&self) -> &BackendTarget {
+        &self.backend
     }
 
     pub(crate) fn http1(&self) -> http1::Builder {
@@ -78,36 +105,16 @@ impl Server {
         b
     }
 
-    pub(crate) fn service(
-        self: &Arc<Self>,
-        role: Role,
-        peer: SocketAddr,
-        activity: Arc<Activity>,
-    ) -> ConnService {
-        ConnService {
-            server: self.clone(),
-            role,
-            peer,
-            activity,
-        }
-    }
-
     async fn handle(
         &self,
         req: Request<Incoming>,
-        role: Role,
+        route: Route,
         peer: SocketAddr,
+        bytes_in: &Arc<AtomicU64>,
     ) -> Response<ResponseBody> {
-        let route = route::classify(
-            role,
-            req.method(),
-            req.uri().path(),
-            peer.ip(),
-            &self.policy,
-        );
         let result = match route {
             Route::WellKnown(file) => Ok(self.well_known.respond(file, req.method())),
-            Route::Forward(_) => self.forwarder.forward(req, peer.ip()).await,
+            Route::Forward(_) => self.forwarder.forward(req, peer.ip(), bytes_in).await,
             Route::RedirectToHttps => self.redirect(&req),
             Route::AcmeHttp01 => self.acme_http01(req.uri().path()),
             Route::Refuse(Refusal::DotSegment) => Err(ProxyError::DotSegment),
@@ -118,11 +125,23 @@ impl Server {
         match result {
             Ok(resp) => resp,
             Err(e) => {
+                let kind = match e {
+                    ProxyError::BackendUnreachable(_) => Some(BackendError::unreachable),
+                    ProxyError::BackendTimeout(_) => Some(BackendError::timeout),
+                    ProxyError::BackendFailed(_) => Some(BackendError::failed),
+                    _ => None,
+                };
+                if let Some(kind) = kind {
+                    self.metrics
+                        .backend_errors
+                        .get_or_create(&BackendErrorLabels { kind })
+                        .inc();
+                }
                 let (status, _, _) = e.status_and_code();
                 if status.is_server_error() {
-                    warn!(%peer, role = role.as_str(), ?route, error = %e, "request failed");
+                    warn!(%peer, ?route, error = %e, "request failed");
                 } else {
-                    debug!(%peer, role = role.as_str(), ?route, error = %e, "request refused");
+                    debug!(%peer, ?route, error = %e, "request refused");
                 }
                 e.into_response()
             }
@@ -186,10 +205,26 @@ impl Server {
 /// The hyper service of one connection.
 #[derive(Clone)]
 pub struct ConnService {
-    server: Arc<Server>,
+    server: SharedServer,
     role: Role,
     peer: SocketAddr,
     activity: Arc<Activity>,
+}
+
+impl ConnService {
+    pub(crate) fn new(
+        server: SharedServer,
+        role: Role,
+        peer: SocketAddr,
+        activity: Arc<Activity>,
+    ) -> Self {
+        ConnService {
+            server,
+            role,
+            peer,
+            activity,
+        }
+    }
 }
 
 impl Service<Request<Incoming>> for ConnService {
@@ -199,12 +234,96 @@ impl Service<Request<Incoming>> for ConnService {
         std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let start = Instant::now();
         let guard = self.activity.start();
-        let server = self.server.clone();
+        let server = self.server.load_full();
         let (role, peer) = (self.role, self.peer);
         Box::pin(async move {
-            let resp = server.handle(req, role, peer).await;
-            Ok(resp.map(|body| body.with_guard(guard)))
+            server.metrics.in_flight.inc();
+            let route = route::classify(
+                role,
+                req.method(),
+                req.uri().path(),
+                peer.ip(),
+                &server.policy,
+            );
+            let class = RouteClass::of(&route);
+            let method = req.method().clone();
+            let version = req.version();
+            let target = req.uri().path_and_query().cloned();
+            let origin = match class {
+                RouteClass::federation | RouteClass::keys | RouteClass::media => {
+                    x_matrix_origin(req.headers())
+                }
+                _ => None,
+            };
+            let bytes_in = Arc::new(AtomicU64::new(0));
+            let resp = server.handle(req, route, peer, &bytes_in).await;
+            let finish = Box::new(Finish {
+                _guard: guard,
+                metrics: server.metrics.clone(),
+                start,
+                class,
+                status: resp.status().as_u16(),
+                method,
+                target,
+                version,
+                peer,
+                origin,
+                bytes_in: Some(bytes_in),
+                bytes_out: 0,
+            });
+            Ok(resp.map(|body| body.with_finish(finish)))
         })
+    }
+}
+
+/// The `origin` of the first `Authorization: X-Matrix` header, if it is a valid server name.
+/// Logged, never trusted: the homeserver verifies the signature.
+pub fn x_matrix_origin(headers: &http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("X-Matrix "))?;
+    value.split(',').find_map(|param| {
+        let (name, val) = param.trim().split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("origin") {
+            return None;
+        }
+        let val = val.trim().trim_matches('"');
+        ServerName::parse(val).ok().map(|n| n.as_str().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_from_x_matrix() {
+        let mut h = http::HeaderMap::new();
+        h.append("authorization", "Bearer secret".parse().unwrap());
+        h.append(
+            "authorization",
+            r#"X-Matrix origin="remote.example",destination="us.example",key="ed25519:a",sig="x""#
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(x_matrix_origin(&h).as_deref(), Some("remote.example"));
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "authorization",
+            "X-Matrix origin=remote.example:8448,key=\"k\""
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(x_matrix_origin(&h).as_deref(), Some("remote.example:8448"));
+        let mut h = http::HeaderMap::new();
+        h.append(
+            "authorization",
+            "X-Matrix origin=\"bad name\",key=k".parse().unwrap(),
+        );
+        assert_eq!(x_matrix_origin(&h), None);
     }
 }

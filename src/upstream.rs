@@ -8,6 +8,7 @@ use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,8 +23,50 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{Backend, BackendTarget};
 
-/// The body of a forwarded request: the client's stream, capped at `limits.max_body`.
-pub type RequestBody = Limited<Incoming>;
+/// The body of a forwarded request: the client's stream, counted, capped at `limits.max_body`.
+pub type RequestBody = Limited<Counted<Incoming>>;
+
+pin_project_lite::pin_project! {
+    /// A body that adds the length of every data frame to a shared counter.
+    pub struct Counted<B> {
+        #[pin]
+        inner: B,
+        count: Arc<AtomicU64>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
+        Counted { inner, count }
+    }
+}
+
+impl<B: http_body::Body<Data = bytes::Bytes>> http_body::Body for Counted<B> {
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// The backend, reachable by `send`.
 #[derive(Clone)]

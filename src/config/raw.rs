@@ -73,6 +73,9 @@ pub(crate) struct RawTls {
     pub self_signed: Option<S<bool>>,
     /// Get and renew one certificate for `names` by ACME.
     pub acme: Option<S<RawAcme>>,
+    /// How often `cert`/`key` files are checked for changes on disk. Default `"10s"`; `"0s"`
+    /// turns the check off.
+    pub watch_interval: Option<S<String>>,
 }
 
 #[derive(Deserialize)]

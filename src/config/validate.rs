@@ -313,6 +313,7 @@ impl Validator {
         well_known: &Option<WellKnown>,
     ) -> Option<Tls> {
         let errors_before = self.errors.len();
+        let watch_interval = self.duration("tls.watch_interval", &raw.watch_interval, secs(10));
         let names: Vec<String> = match &raw.names {
             Some(list) => list
                 .get_ref()
@@ -418,6 +419,7 @@ impl Validator {
             return (self.errors.len() == errors_before).then_some(Tls {
                 names,
                 source: CertSource::Acme(acme?),
+                watch_interval,
             });
         }
         let source = match (self_signed, pairs.is_empty()) {
@@ -459,6 +461,7 @@ impl Validator {
         (self.errors.len() == errors_before).then_some(Tls {
             names,
             source: source?,
+            watch_interval,
         })
     }
 

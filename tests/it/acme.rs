@@ -357,6 +357,8 @@ fn free_port() -> u16 {
 /// the same certificate from its cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn built_binary_obtains_serves_and_keeps_its_certificate() {
+    // `/ready` also wants the backend to accept connections.
+    let backend = Backend::start().await;
     let dns = dns().await;
     let work = tempfile::tempdir().unwrap();
     let (https, federation, admin) = (free_port(), free_port(), free_port());
@@ -365,7 +367,8 @@ async fn built_binary_obtains_serves_and_keeps_its_certificate() {
     std::fs::write(
         &config,
         format!(
-            "server_name = \"example.test\"\n[backend]\nurl = \"http://127.0.0.1:8008\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nfederation = [\"127.0.0.1:{federation}\"]\nhttp = []\nadmin = \"127.0.0.1:{admin}\"\n[well_known]\nserver = \"matrix.example.test:443\"\n[tls.acme]\ndirectory = {:?}\ncache = {:?}\nca_roots = {:?}\n",
+            "server_name = \"example.test\"\n[backend]\nurl = \"{}\"\n[listen]\nhttps = [\"127.0.0.1:{https}\"]\nfederation = [\"127.0.0.1:{federation}\"]\nhttp = []\nadmin = \"127.0.0.1:{admin}\"\n[well_known]\nserver = \"matrix.example.test:443\"\n[tls.acme]\ndirectory = {:?}\ncache = {:?}\nca_roots = {:?}\n",
+            backend.url(),
             pebble.directory,
             work.path().join("acme").display().to_string(),
             pebble.api_ca_pem.display().to_string(),

@@ -8,6 +8,7 @@ mod acme;
 mod binary;
 mod limits;
 mod routing;
+mod service;
 mod shutdown;
 mod tls;
 mod transparency;

@@ -6,6 +6,7 @@ pub mod dns;
 pub mod pebble;
 pub mod pki;
 pub mod proxy;
+pub mod python;
 
 pub use backend::Backend;
 pub use client::{RawResponse, connect, h2_request, raw_h1};

@@ -6,13 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::RootCertStore;
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use matrix_edge::config::Config;
 use matrix_edge::listener::Bound;
 use matrix_edge::route::Role;
-use matrix_edge::{Listeners, run};
+use matrix_edge::{Command, Listeners, run};
 
 use super::pki::TestCa;
 
@@ -27,7 +27,9 @@ pub struct Proxy {
     pub roots: Arc<RootCertStore>,
     /// Holds the certificate files for the proxy's lifetime.
     _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
+    commands: mpsc::Sender<Command>,
+    /// The config text the proxy started with, for tests that reload an edited copy.
+    pub config_text: String,
     pub task: Option<JoinHandle<()>>,
 }
 
@@ -87,10 +89,17 @@ impl Proxy {
 
     /// Starts draining; returns the task so the test can await the end of `run`.
     pub fn shutdown(&mut self) -> JoinHandle<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        let _ = self.commands.try_send(Command::Shutdown);
         self.task.take().expect("already shut down")
+    }
+
+    /// Asks the running proxy to swap in a configuration, as SIGHUP does after validating it.
+    pub async fn reload(&self, toml: &str) {
+        let loaded = Config::parse(toml).unwrap_or_else(|e| panic!("reload config refused: {e:?}"));
+        self.commands
+            .send(Command::Reload(Box::new(loaded.config)))
+            .await
+            .unwrap();
     }
 }
 
@@ -183,14 +192,17 @@ admin = "{admin}"
                 bound: vec![
                     Bound {
                         role: Role::Https,
+                        configured: addrs[0],
                         listener: p.https,
                     },
                     Bound {
                         role: Role::Federation,
+                        configured: addrs[1],
                         listener: p.federation,
                     },
                     Bound {
                         role: Role::Http,
+                        configured: addrs[2],
                         listener: p.http,
                     },
                 ],
@@ -201,13 +213,9 @@ admin = "{admin}"
         let federation = listeners.addr(Role::Federation).unwrap();
         let http = listeners.addr(Role::Http).unwrap();
         let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
+        let (commands, received) = mpsc::channel::<Command>(4);
         let task = tokio::spawn(async move {
-            run(loaded.config, listeners, async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
+            run(loaded.config, listeners, received).await.unwrap();
         });
         Proxy {
             https,
@@ -216,7 +224,8 @@ admin = "{admin}"
             admin,
             roots: self.ca.roots(),
             _dir: self.dir,
-            stop: Some(stop),
+            commands,
+            config_text: text,
             task: Some(task),
         }
     }

@@ -1,0 +1,290 @@
+//! Metrics: counters, gauges and histograms in the Prometheus text format, served on the admin
+//! listener at `/metrics`.
+//!
+//! Every label has a bounded set of values: route classes and results are enums, status codes
+//! are at most the ~60 registered ones, certificate names come from the config. Nothing from a
+//! request (path, host, origin) ever becomes a label.
+
+use std::time::SystemTime;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::route::{Class, Route};
+
+/// What a request was, for metrics and the access log.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RouteClass {
+    federation,
+    keys,
+    media,
+    client,
+    other_matrix,
+    synapse_client,
+    internal,
+    extra,
+    well_known,
+    acme,
+    redirect,
+    refused,
+    not_found,
+}
+
+impl RouteClass {
+    pub fn of(route: &Route) -> Self {
+        match route {
+            Route::Forward(Class::Federation) => RouteClass::federation,
+            Route::Forward(Class::Keys) => RouteClass::keys,
+            Route::Forward(Class::Media) => RouteClass::media,
+            Route::Forward(Class::Client) => RouteClass::client,
+            Route::Forward(Class::OtherMatrix) => RouteClass::other_matrix,
+            Route::Forward(Class::SynapseClient) => RouteClass::synapse_client,
+            Route::Forward(Class::Internal(_)) => RouteClass::internal,
+            Route::Forward(Class::Extra) => RouteClass::extra,
+            Route::WellKnown(_) => RouteClass::well_known,
+            Route::AcmeHttp01 => RouteClass::acme,
+            Route::RedirectToHttps => RouteClass::redirect,
+            Route::Refuse(_) => RouteClass::refused,
+            Route::NotFound => RouteClass::not_found,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::federation => "federation",
+            RouteClass::keys => "keys",
+            RouteClass::media => "media",
+            RouteClass::client => "client",
+            RouteClass::other_matrix => "other_matrix",
+            RouteClass::synapse_client => "synapse_client",
+            RouteClass::internal => "internal",
+            RouteClass::extra => "extra",
+            RouteClass::well_known => "well_known",
+            RouteClass::acme => "acme",
+            RouteClass::redirect => "redirect",
+            RouteClass::refused => "refused",
+            RouteClass::not_found => "not_found",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub class: RouteClass,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: RouteClass,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum BackendError {
+    unreachable,
+    timeout,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendErrorLabels {
+    pub kind: BackendError,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HandshakeResult {
+    ok,
+    failed,
+    timeout,
+    acme_challenge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    pub result: HandshakeResult,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AcmeOutcome {
+    issued,
+    loaded_from_cache,
+    failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AcmeLabels {
+    pub outcome: AcmeOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ReloadResult {
+    ok,
+    refused,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub result: ReloadResult,
+}
+
+/// All metrics of one process.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub duration: Family<ClassLabel, Histogram>,
+    pub in_flight: Gauge,
+    pub request_bytes: Family<ClassLabel, Counter>,
+    pub response_bytes: Family<ClassLabel, Counter>,
+    pub backend_errors: Family<BackendErrorLabels, Counter>,
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub connections_open: Gauge,
+    pub cert_expiry: Family<NameLabel, Gauge<i64, AtomicI64Value>>,
+    pub acme: Family<AcmeLabels, Counter>,
+    pub reloads: Family<ReloadLabels, Counter>,
+}
+
+type AtomicI64Value = std::sync::atomic::AtomicI64;
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("matrix_edge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route class and status",
+            requests.clone(),
+        );
+        // 1 ms to ~65 s; longer requests (state, send_join, long-polling sync) land in +Inf.
+        let duration = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 17))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to the end of the response body, by route class",
+            duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "requests_in_flight",
+            "Requests being answered",
+            in_flight.clone(),
+        );
+        let request_bytes = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "request_body_bytes",
+            "Request body bytes received from clients, by route class",
+            request_bytes.clone(),
+        );
+        let response_bytes = Family::<ClassLabel, Counter>::default();
+        registry.register(
+            "response_body_bytes",
+            "Response body bytes sent to clients, by route class",
+            response_bytes.clone(),
+        );
+        let backend_errors = Family::<BackendErrorLabels, Counter>::default();
+        registry.register(
+            "backend_errors",
+            "Requests the backend failed: unreachable (502), timeout (504), failed (502)",
+            backend_errors.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes, by result",
+            handshakes.clone(),
+        );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Client connections open (TLS and plain HTTP)",
+            connections_open.clone(),
+        );
+        let cert_expiry = Family::<NameLabel, Gauge<i64, AtomicI64Value>>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the certificate served for a configured name expires (Unix time)",
+            cert_expiry.clone(),
+        );
+        let acme = Family::<AcmeLabels, Counter>::default();
+        registry.register("acme_events", "ACME outcomes", acme.clone());
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Configuration reloads, by result",
+            reloads.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            duration,
+            in_flight,
+            request_bytes,
+            response_bytes,
+            backend_errors,
+            handshakes,
+            connections_open,
+            cert_expiry,
+            acme,
+            reloads,
+        }
+    }
+
+    /// The text exposition format (OpenMetrics text, which Prometheus reads).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn handshake(&self, result: HandshakeResult) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels { result })
+            .inc();
+    }
+
+    pub fn acme_event(&self, outcome: AcmeOutcome) {
+        self.acme.get_or_create(&AcmeLabels { outcome }).inc();
+    }
+
+    pub fn reload(&self, result: ReloadResult) {
+        self.reloads.get_or_create(&ReloadLabels { result }).inc();
+    }
+
+    /// Records the expiry of the certificate each configured name gets.
+    pub fn certificates(&self, set: &crate::tls::CertSet, names: &[String]) {
+        self.cert_expiry.clear();
+        for name in names {
+            let served = set.pick(Some(name));
+            if let Some(t) = served.not_after {
+                let secs = t
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                self.cert_expiry
+                    .get_or_create(&NameLabel { name: name.clone() })
+                    .set(secs);
+            }
+        }
+    }
+}
