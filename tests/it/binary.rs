@@ -31,9 +31,17 @@ impl Drop for Running {
 
 impl Running {
     pub(crate) fn start(config: &Path) -> Running {
+        Self::start_with(config, &[], &[])
+    }
+
+    /// Starts `run --config CONFIG` with extra arguments and environment, and waits for the
+    /// `ready` line (bounded).
+    pub(crate) fn start_with(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
+            .args(args)
+            .envs(env.iter().copied())
             .env("MATRIX_EDGE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -55,18 +63,21 @@ impl Running {
                 .recv_timeout(Duration::from_secs(20))
                 .unwrap_or_else(|_| panic!("no `ready` line from the proxy; it said: {seen:#?}"));
             if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                let role = rest
-                    .split("role=\"")
-                    .nth(1)
-                    .unwrap()
-                    .split('"')
-                    .next()
+                // Text (`role="https"`) and JSON (`"role":"https"`) lines alike.
+                let addr: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_hexdigit() || ".:[]".contains(*c))
+                    .collect();
+                let addr: SocketAddr = addr.parse().unwrap();
+                let role = ["role=\"", "\"role\":\""]
+                    .iter()
+                    .find_map(|key| rest.split(key).nth(1))
+                    .and_then(|r| r.split('"').next())
                     .unwrap()
                     .to_owned();
                 listening.push((role, addr));
             }
-            let ready = line.contains(" ready ");
+            let ready = line.contains(" ready ") || line.contains("\"message\":\"ready\"");
             seen.push(line);
             if ready {
                 break;
@@ -79,7 +90,7 @@ impl Running {
         }
     }
 
-    fn addr(&self, role: &str) -> SocketAddr {
+    pub(crate) fn addr(&self, role: &str) -> SocketAddr {
         self.listening.iter().find(|(r, _)| r == role).unwrap().1
     }
 
@@ -92,13 +103,17 @@ impl Running {
             .unwrap()
     }
 
-    /// Sends SIGTERM and returns the exit code.
-    pub(crate) fn terminate(&mut self) -> Option<i32> {
+    pub(crate) fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success());
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub(crate) fn terminate(&mut self) -> Option<i32> {
+        self.signal("TERM");
         for _ in 0..300 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code();

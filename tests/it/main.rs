@@ -6,6 +6,7 @@ mod support;
 
 mod acme;
 mod binary;
+mod deploy;
 mod limits;
 mod routing;
 mod service;
