@@ -3,6 +3,7 @@
 pub mod backend;
 pub mod client;
 pub mod dns;
+pub mod homeserver;
 pub mod pebble;
 pub mod pki;
 pub mod proxy;
