@@ -19,18 +19,23 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the TOML file, validated into types once, at start.
+//! - [`config`]: the TOML file, validated into types at start and on each reload.
 //! - [`listener`]: sockets, accept loops, connection lifetimes, drain on shutdown.
 //! - [`tls`]: certificates and the rustls configuration.
 //! - [`acme`]: certificates obtained and renewed by ACME.
 //! - [`server`]: hyper settings and the dispatch of a request to its stage.
 //! - [`route`]: the routing decision, a value.
 //! - [`wellknown`], [`forward`], [`upstream`], [`respond`]: the answers.
-//! - [`admin`]: `/health` and `/ready`.
+//! - [`admin`]: `/health`, `/ready` and `/metrics`.
+//! - [`metrics`], [`reload`], [`supervisor`]: running as a service.
+//! - [`discovery`]: resolving a server name as a remote homeserver does.
+//! - [`check`]: the federation tester behind `matrix-edge check`.
 
 pub mod acme;
 pub mod admin;
+pub mod check;
 pub mod config;
+pub mod discovery;
 pub mod forward;
 pub mod listener;
 pub mod metrics;
@@ -106,6 +111,8 @@ impl Listeners {
 pub enum Command {
     /// Swap in a validated configuration (SIGHUP).
     Reload(Box<Config>),
+    /// A reload was asked for, but the file did not validate (already logged).
+    ReloadRefused,
     /// Stop accepting, drain, return (SIGTERM, SIGINT).
     Shutdown,
 }

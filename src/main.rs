@@ -33,6 +33,25 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Check a server name from outside, as a remote homeserver and a client would: discovery,
+    /// TLS, certificates, keys, path integrity, client well-known files. Exits 0 when nothing
+    /// failed, 1 when something did, 2 on usage errors.
+    Check {
+        /// The server name, as in user IDs: `example.com`, `example.com:8448`, `[2001:db8::1]`.
+        server_name: String,
+        /// Print the report as JSON (schema in docs/check.md).
+        #[arg(long)]
+        json: bool,
+        /// Ask this DNS server instead of the system's resolvers.
+        #[arg(long, value_name = "IP:PORT")]
+        resolver: Option<std::net::SocketAddr>,
+        /// Trust the CA certificates in this PEM file too (repeatable).
+        #[arg(long, value_name = "FILE")]
+        ca: Vec<PathBuf>,
+        /// Limit for each DNS query, connection, handshake and request.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -53,12 +72,22 @@ enum ConfigCommand {
 /// sysexits EX_CONFIG: the configuration is wrong.
 const EX_CONFIG: u8 = 78;
 
+/// clap's exit code for usage errors, used for ours too.
+const EX_USAGE_CLAP: u8 = 2;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => check(&config),
+        Command::Check {
+            server_name,
+            json,
+            resolver,
+            ca,
+            timeout,
+        } => check_server(&server_name, json, resolver, &ca, timeout),
         Command::Run { config, log_format } => {
             init_logging(log_format);
             match serve(&config) {
@@ -109,6 +138,62 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     println!("{}: ok", path.display());
     ExitCode::SUCCESS
+}
+
+/// `matrix-edge check`: everything but argument handling lives in `matrix_edge::check`.
+fn check_server(
+    server_name: &str,
+    json: bool,
+    resolver: Option<std::net::SocketAddr>,
+    ca: &[PathBuf],
+    timeout: std::time::Duration,
+) -> ExitCode {
+    use matrix_edge::check;
+    use matrix_edge::discovery::ResolverSource;
+    let name = match matrix_edge::config::ServerName::parse(server_name) {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("error: invalid server name: {e}");
+            return ExitCode::from(EX_USAGE_CLAP);
+        }
+    };
+    let mut options = check::Options {
+        resolver: resolver.map_or(ResolverSource::System, ResolverSource::At),
+        extra_roots: Vec::new(),
+        timeout,
+    };
+    for path in ca {
+        match check::load_ca(path) {
+            Ok(certs) => options.extra_roots.extend(certs),
+            Err(e) => {
+                eprintln!("error: --ca: {e}");
+                return ExitCode::from(EX_USAGE_CLAP);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(check::check(&name, &options));
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: cannot serialise the report: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", check::render::text(&report));
+    }
+    ExitCode::from(report.exit_code())
 }
 
 fn init_logging(format: LogFormat) {
