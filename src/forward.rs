@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::respond::{ProxyError, ResponseBody};
 use crate::route::canonical_ip;
-use crate::upstream::{Counted, Upstream};
+use crate::upstream::{BodySlot, ClientBody, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -88,22 +88,34 @@ impl Forwarder {
             headers.insert(HOST, host);
         }
 
-        let body = Counted::new(body, bytes_in.clone());
+        let slot = BodySlot::new(body, parts.version);
+        let body = ClientBody::new(slot.clone(), bytes_in.clone());
         let mut upstream_req = Request::new(Limited::new(body, self.max_body as usize));
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
         *upstream_req.headers_mut() = parts.headers;
 
-        let sent = tokio::time::timeout(self.response_timeout, self.upstream.send(upstream_req));
-        let resp = match sent.await {
-            Err(_) => return Err(ProxyError::BackendTimeout(self.response_timeout)),
-            Ok(Err(e)) => return Err(self.classify_error(&e)),
-            Ok(Ok(resp)) => resp,
+        // The timeout covers the backend's thinking, not the client's upload: it starts once
+        // the request body has been handed over in full (at once for a request without one).
+        let sent = self.upstream.send(upstream_req);
+        let backend_slow = async {
+            slot.sent().await;
+            tokio::time::sleep(self.response_timeout).await;
+        };
+        let resp = tokio::select! {
+            result = sent => match result {
+                Ok(resp) => resp,
+                Err(e) => return Err(self.classify_error(&e)),
+            },
+            _ = backend_slow => return Err(ProxyError::BackendTimeout(self.response_timeout)),
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(parts, ResponseBody::upstream(body)))
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::upstream(body).with_request_body(slot),
+        ))
     }
 
     fn is_trusted(&self, peer: IpAddr) -> bool {

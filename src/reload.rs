@@ -77,21 +77,22 @@ impl State {
         while let Some(command) = commands.recv().await {
             match command {
                 Command::Shutdown => return,
-                Command::Reload(config) => {
-                    supervisor::reloading();
-                    match self.reload(*config) {
-                        Ok(summary) => {
-                            self.metrics.reload(ReloadResult::ok);
-                            info!("configuration reloaded: {summary}");
-                            supervisor::ready("serving (reloaded)");
-                        }
-                        Err(e) => {
-                            self.metrics.reload(ReloadResult::refused);
-                            error!("reload refused: {e}");
-                            supervisor::ready("serving (last reload refused)");
-                        }
-                    }
+                Command::ReloadRefused => {
+                    self.metrics.reload(ReloadResult::refused);
+                    supervisor::ready("serving (last reload refused: invalid configuration)");
                 }
+                Command::Reload(config) => match self.reload(*config) {
+                    Ok(summary) => {
+                        self.metrics.reload(ReloadResult::ok);
+                        info!("configuration reloaded: {summary}");
+                        supervisor::ready("serving (reloaded)");
+                    }
+                    Err(e) => {
+                        self.metrics.reload(ReloadResult::refused);
+                        error!("reload refused: {e}");
+                        supervisor::ready("serving (last reload refused)");
+                    }
+                },
             }
         }
     }

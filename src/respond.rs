@@ -26,12 +26,15 @@ use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
 use crate::metrics::{ClassLabel, Metrics, RequestLabels, RouteClass};
+use crate::upstream::BodySlot;
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
 pub struct ResponseBody {
     kind: Kind,
     /// The request's record, completed when the body is done or dropped.
     finish: Option<Box<Finish>>,
+    /// The client's request body, released once this response has ended.
+    request_body: Option<BodySlot>,
 }
 
 /// What is known about a request once its response is under way; dropped when the response
@@ -107,6 +110,7 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Full(Full::new(bytes.into())),
             finish: None,
+            request_body: None,
         }
     }
 
@@ -118,12 +122,28 @@ impl ResponseBody {
         ResponseBody {
             kind: Kind::Upstream(body),
             finish: None,
+            request_body: None,
         }
+    }
+
+    pub(crate) fn with_request_body(mut self, slot: BodySlot) -> Self {
+        self.request_body = Some(slot);
+        self
     }
 
     pub(crate) fn with_finish(mut self, finish: Box<Finish>) -> Self {
         self.finish = Some(finish);
         self
+    }
+}
+
+/// Dropped once the response is fully sent (or abandoned): only then may the client's request
+/// body be let go of, see [`BodySlot::release`].
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(slot) = &self.request_body {
+            slot.release();
+        }
     }
 }
 

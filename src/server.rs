@@ -202,6 +202,9 @@ impl Server {
     }
 }
 
+/// The status logged for a request whose client left before the response head: nginx's 499.
+const CLIENT_CLOSED: u16 = 499;
+
 /// The hyper service of one connection.
 #[derive(Clone)]
 pub struct ConnService {
@@ -258,21 +261,24 @@ impl Service<Request<Incoming>> for ConnService {
                 _ => None,
             };
             let bytes_in = Arc::new(AtomicU64::new(0));
-            let resp = server.handle(req, route, peer, &bytes_in).await;
-            let finish = Box::new(Finish {
+            // Made before the backend is awaited: if the client goes away first, this future is
+            // dropped, and the record still counts and logs the request (as 499, like nginx).
+            let mut finish = Box::new(Finish {
                 _guard: guard,
                 metrics: server.metrics.clone(),
                 start,
                 class,
-                status: resp.status().as_u16(),
+                status: CLIENT_CLOSED,
                 method,
                 target,
                 version,
                 peer,
                 origin,
-                bytes_in: Some(bytes_in),
+                bytes_in: Some(bytes_in.clone()),
                 bytes_out: 0,
             });
+            let resp = server.handle(req, route, peer, &bytes_in).await;
+            finish.status = resp.status().as_u16();
             Ok(resp.map(|body| body.with_finish(finish)))
         })
     }

@@ -1,8 +1,9 @@
 //! The conversation with whatever supervises the process: signals in, sd_notify messages out.
 //!
-//! SIGTERM and SIGINT mean drain and exit; SIGHUP means reload. systemd (`Type=notify-reload`)
-//! hears READY once the listeners accept, RELOADING with its timestamp while a reload runs,
-//! STOPPING when the drain starts, and a STATUS line after each. Outside systemd
+//! SIGTERM and SIGINT mean drain and exit; SIGHUP means reload. systemd (`Type=notify`, with
+//! `ExecReload` sending SIGHUP) hears READY once the listeners accept, RELOADING with its
+//! timestamp while a reload runs and READY again after it, STOPPING when the drain starts, and a
+//! STATUS line after each. Outside systemd
 //! (`NOTIFY_SOCKET` unset) the messages are no-ops. This module decides nothing: `run` does.
 
 use std::path::PathBuf;
@@ -81,7 +82,9 @@ pub fn spawn_signal_handler(config_path: PathBuf) -> std::io::Result<mpsc::Recei
                         }
                         Err(e) => {
                             error!("reload refused, still serving the previous configuration: {e}");
-                            ready("serving (last reload refused: invalid configuration)");
+                            if tx.send(Command::ReloadRefused).await.is_err() {
+                                return;
+                            }
                         }
                     }
                 }

@@ -7,12 +7,12 @@ use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
+use http::{Uri, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -24,47 +24,126 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::config::{Backend, BackendTarget};
 
 /// The body of a forwarded request: the client's stream, counted, capped at `limits.max_body`.
-pub type RequestBody = Limited<Counted<Incoming>>;
+pub type RequestBody = Limited<ClientBody>;
 
-pin_project_lite::pin_project! {
-    /// A body that adds the length of every data frame to a shared counter.
-    pub struct Counted<B> {
-        #[pin]
-        inner: B,
-        count: Arc<AtomicU64>,
+/// The client's request body as the backend request reads it. The body itself sits in a
+/// [`BodySlot`] that the response side can empty: when the response is complete before the
+/// request body is (a backend that answers early, as nginx's `return` does), dropping the body
+/// tells an h2 client to stop sending (RST_STREAM) instead of leaving it blocked on flow control
+/// that nobody will ever open again (RFC 9113 §8.1).
+pub struct ClientBody {
+    slot: BodySlot,
+    count: Arc<AtomicU64>,
+}
+
+/// Shared ownership of a client's request body, until the response is done with it.
+#[derive(Clone)]
+pub struct BodySlot(Arc<SlotInner>);
+
+struct SlotInner {
+    body: Mutex<Option<Incoming>>,
+    version: Version,
+    /// Set when the backend request has read the body to its end.
+    sent: tokio::sync::watch::Sender<bool>,
+}
+
+impl BodySlot {
+    pub fn new(body: Incoming, version: Version) -> Self {
+        let done = http_body::Body::is_end_stream(&body);
+        let (sent, _) = tokio::sync::watch::channel(done);
+        BodySlot(Arc::new(SlotInner {
+            body: Mutex::new(Some(body)),
+            version,
+            sent,
+        }))
+    }
+
+    /// Resolves once the whole request body has been read for the backend.
+    pub async fn sent(&self) {
+        let mut rx = self.0.sent.subscribe();
+        let _ = rx.wait_for(|done| *done).await;
+    }
+
+    /// Takes the client's body away from the backend request, which then sees it end. Call it
+    /// once the response has been sent in full. If the client is still sending:
+    /// - h2: the body is dropped, and the stream reset with NO_ERROR (the h2 library does so
+    ///   for a stream whose response is complete), which tells the client its request is done;
+    /// - HTTP/1.1: the rest is read and discarded in the background, so the connection stays
+    ///   usable and the client completes its request as with a backend that read everything.
+    pub fn release(&self) {
+        let Some(body) = self.0.body.lock().ok().and_then(|mut slot| slot.take()) else {
+            return;
+        };
+        if self.0.version == Version::HTTP_2 || http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        tokio::spawn(drain(body));
     }
 }
 
-impl<B> Counted<B> {
-    pub fn new(inner: B, count: Arc<AtomicU64>) -> Self {
-        Counted { inner, count }
+/// How long a client may keep sending a body nobody needs any more.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt;
+    let discard = async {
+        // Bounded by the client: it ends at the end of the stream or at the first error.
+        while let Some(Ok(_)) = body.frame().await {}
+    };
+    let _ = tokio::time::timeout(DRAIN_LIMIT, discard).await;
+}
+
+impl ClientBody {
+    pub fn new(slot: BodySlot, count: Arc<AtomicU64>) -> Self {
+        ClientBody { slot, count }
     }
 }
 
-impl<B: http_body::Body<Data = bytes::Bytes>> http_body::Body for Counted<B> {
+impl http_body::Body for ClientBody {
     type Data = bytes::Bytes;
-    type Error = B::Error;
+    type Error = hyper::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(data) = frame.data_ref()
-        {
-            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let Ok(mut slot) = this.slot.0.body.lock() else {
+            return Poll::Ready(None);
+        };
+        let Some(body) = slot.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(&mut *body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if http_body::Body::is_end_stream(&*body) {
+                    this.slot.0.sent.send_replace(true);
+                }
+            }
+            Poll::Ready(None) => {
+                this.slot.0.sent.send_replace(true);
+            }
+            _ => {}
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self.slot.0.body.lock() {
+            Ok(slot) => slot.as_ref().is_none_or(|b| b.is_end_stream()),
+            Err(_) => true,
+        }
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
+        match self.slot.0.body.lock() {
+            Ok(slot) => slot.as_ref().map(|b| b.size_hint()).unwrap_or_default(),
+            Err(_) => http_body::SizeHint::default(),
+        }
     }
 }
 

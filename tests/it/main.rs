@@ -6,6 +6,7 @@ mod support;
 
 mod acme;
 mod binary;
+mod check;
 mod deploy;
 mod limits;
 mod routing;

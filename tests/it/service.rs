@@ -218,3 +218,43 @@ async fn metrics_count_requests_by_class_and_status() {
     );
     crate::support::python::check_openmetrics(&text);
 }
+
+/// A client that leaves before the response head is still counted, logged (as 499) and taken
+/// off the in-flight gauge.
+#[tokio::test]
+async fn client_leaving_early_is_counted_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let backend = Backend::start().await;
+    let proxy = Proxy::builder(&backend.url()).start().await;
+    let mut tls = connect(
+        proxy.https,
+        "example.test",
+        proxy.roots.clone(),
+        &[b"http/1.1"],
+    )
+    .await
+    .unwrap();
+    tls.write_all(b"GET /_matrix/slow/3000/x HTTP/1.1\r\nHost: example.test\r\n\r\n")
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if backend.log.count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(tls);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = String::from_utf8(admin(&proxy, "/metrics").await.body).unwrap();
+        if text.contains("matrix_edge_requests_total{class=\"other_matrix\",status=\"499\"} 1") {
+            assert!(text.contains("matrix_edge_requests_in_flight 0"), "{text}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no 499 counted:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

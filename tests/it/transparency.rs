@@ -220,3 +220,32 @@ async fn keep_alive_to_the_backend_reuses_connections() {
         "each request opened a new backend connection"
     );
 }
+
+/// An upload over h2 streams through, whether the backend reads the whole body before it
+/// answers (Synapse) or answers first and discards the rest (nginx's `return`): in the second
+/// case the client must be told to stop sending, not left waiting on flow control.
+#[tokio::test]
+async fn h2_upload_streams_with_late_and_early_backend_answers() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::builder(&backend.url()).start().await;
+    for path in ["/_matrix/media/v3/upload", "/_matrix/early/upload"] {
+        let (mut send, _conn) =
+            crate::support::client::h2_connect(proxy.https, "example.test", proxy.roots.clone())
+                .await;
+        let body = Full::new(Bytes::from(vec![b'x'; 8 << 20]));
+        let req = Request::post(format!("https://example.test{path}"))
+            .body(body)
+            .unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            let resp = send.send_request(req).await.unwrap();
+            let status = resp.status();
+            http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .unwrap();
+            status
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the upload did not complete within 20s"));
+        assert_eq!(resp, 200, "{path}");
+    }
+}

@@ -146,6 +146,19 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: Log, conn: u64
             }
         }
         let head = String::from_utf8_lossy(&head).trim_end().to_owned();
+        // `/_matrix/early/…`: answer before reading the body, then read and discard it, as
+        // nginx's `return` does.
+        if head
+            .split(' ')
+            .nth(1)
+            .is_some_and(|t| t.starts_with("/_matrix/early/"))
+        {
+            let resp =
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+            if reader.get_mut().write_all(resp.as_bytes()).await.is_err() {
+                return;
+            }
+        }
         let mut rec = Recorded {
             head,
             body_len: 0,
@@ -166,6 +179,9 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, log: Log, conn: u64
         log.0.lock().unwrap().push(rec);
 
         let stream = reader.get_mut();
+        if target.starts_with("/_matrix/early/") {
+            continue;
+        }
         if let Some(rest) = target.strip_prefix("/_matrix/slow/") {
             let ms: u64 = rest
                 .split(['/', '?'])
