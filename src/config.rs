@@ -34,6 +34,8 @@ pub struct Config {
     pub limits: Limits,
     pub forward: Forward,
     pub allow: Allow,
+    /// Check the deployment from outside once certificates are served (`self_check`).
+    pub self_check: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -107,6 +107,33 @@ impl Listeners {
     }
 }
 
+/// With `self_check = true`: once a certificate is served, resolve and probe our own server
+/// name as a remote homeserver would, and log the report (warnings and failures with hints).
+fn self_check(
+    config: &Config,
+    resolver: Arc<tls::Resolver>,
+) -> Option<tokio::task::JoinHandle<Option<check::Report>>> {
+    if !config.self_check {
+        return None;
+    }
+    let mut options = check::Options::default();
+    // A private ACME CA's roots are what our own certificate chains to.
+    if let CertSource::Acme(acme) = &config.tls.source
+        && let Some(path) = &acme.ca_roots
+    {
+        match check::load_ca(path) {
+            Ok(certs) => options.extra_roots = certs,
+            Err(e) => warn!("self check: {e}"),
+        }
+    }
+    Some(tokio::spawn(check::preflight(
+        config.server_name.clone(),
+        options,
+        move || resolver.is_ready(),
+        std::time::Duration::from_secs(600),
+    )))
+}
+
 /// What a running proxy can be asked to do.
 pub enum Command {
     /// Swap in a validated configuration (SIGHUP).
@@ -194,6 +221,7 @@ pub async fn run(
     let server_name = shared_config.load().server_name.to_string();
     info!(server_name, "ready");
     supervisor::ready(&format!("serving {server_name}"));
+    let self_check = self_check(&shared_config.load(), resolver.clone());
 
     state.serve_commands(commands).await;
     // The state holds a tracker clone; the drain below waits for every clone to go.
@@ -201,6 +229,9 @@ pub async fn run(
 
     supervisor::stopping();
     watcher.abort();
+    if let Some(task) = self_check {
+        task.abort();
+    }
     if let Some(task) = acme_task {
         task.abort();
     }

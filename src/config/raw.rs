@@ -26,6 +26,9 @@ pub(crate) struct RawConfig {
     pub forward: RawForward,
     #[serde(default)]
     pub allow: RawAllow,
+    /// Once a certificate is served, run `matrix-edge check` against `server_name` and log the
+    /// report. Default false.
+    pub self_check: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -1350,3 +1350,12 @@ fn examples_refuse_unknown_keys() {
         }
     }
 }
+
+#[test]
+fn self_check_is_off_by_default_and_can_be_turned_on() {
+    assert!(!parse_ok(MINIMAL).config.self_check);
+    let text = format!("self_check = true\n{MINIMAL}");
+    assert!(parse_ok(&text).config.self_check);
+    let errors = parse_err(&format!("self_check = \"yes\"\n{MINIMAL}"));
+    assert_eq!(errors[0].key, "self_check", "{}", render(&errors));
+}

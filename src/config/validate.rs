@@ -191,6 +191,11 @@ impl Validator {
             limits,
             forward,
             allow,
+            self_check: raw
+                .self_check
+                .as_ref()
+                .map(|s| *s.get_ref())
+                .unwrap_or(false),
         })
     }
 
