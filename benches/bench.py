@@ -272,7 +272,7 @@ FIGURES = [
     ("h2_cpu_us", "c. h2 CPU per request, µs", False),
     ("download_mib_s", "d. 64 MiB download, MiB/s", True),
     ("upload_mib_s", "d. 48 MiB upload, MiB/s", True),
-    ("rss_idle_kib", "e. resident memory idle, KiB", False),
+    ("rss_idle_kib", "e. resident memory idle (fresh process), KiB", False),
     ("kib_per_conn", "e. KiB per idle TLS connection", False),
 ]
 
@@ -331,6 +331,11 @@ def main():
                     errors += out.pop("errors", 0)
                     figures.update(out)
                 figures.update(transfer(port))
+                # Memory from a fresh process: allocators keep what earlier rounds used, and a
+                # warm process would reuse it for the new connections and show no growth.
+                proc.stop()
+                procs[name] = proc = start(name, work)
+                wait_port(port)
                 figures.update(idle_memory(port, proc))
                 figures["errors"] = errors
                 results[name].append(figures)
