@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::respond::{ProxyError, ResponseBody};
 use crate::route::canonical_ip;
-use crate::upstream::{BodySlot, ClientBody, Upstream};
+use crate::upstream::{BodySlot, ClientBody, RequestBody, Upstream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -70,15 +70,10 @@ impl Forwarder {
             });
         }
         let (mut parts, body) = req.into_parts();
-        let target = parts
-            .uri
-            .path_and_query()
-            .map(|pq| pq.as_str())
-            .unwrap_or("/");
         let uri = self
             .upstream
-            .uri_for(target)
-            .map_err(|e| ProxyError::Internal(format!("backend URI for {target:?}: {e}")))?;
+            .uri_for(parts.uri.path_and_query().cloned())
+            .map_err(|e| ProxyError::Internal(format!("backend URI for {}: {e}", parts.uri)))?;
         let host = client_host(&parts);
         let trusted = self.is_trusted(peer);
         let headers = &mut parts.headers;
@@ -88,9 +83,16 @@ impl Forwarder {
             headers.insert(HOST, host);
         }
 
-        let slot = BodySlot::new(body, parts.version);
-        let body = ClientBody::new(slot.clone(), bytes_in.clone());
-        let mut upstream_req = Request::new(Limited::new(body, self.max_body as usize));
+        // Most requests have no body: they skip the shared slot and its bookkeeping.
+        let (body, slot) = if http_body::Body::is_end_stream(&body) {
+            (RequestBody::Empty, None)
+        } else {
+            let slot = BodySlot::new(body, parts.version);
+            let client = ClientBody::new(slot.clone(), bytes_in.clone());
+            let limited = Limited::new(client, self.max_body as usize);
+            (RequestBody::Client(limited), Some(slot))
+        };
+        let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = Version::HTTP_11;
@@ -100,7 +102,9 @@ impl Forwarder {
         // the request body has been handed over in full (at once for a request without one).
         let sent = self.upstream.send(upstream_req);
         let backend_slow = async {
-            slot.sent().await;
+            if let Some(slot) = &slot {
+                slot.sent().await;
+            }
             tokio::time::sleep(self.response_timeout).await;
         };
         let resp = tokio::select! {
@@ -112,9 +116,13 @@ impl Forwarder {
         };
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        let body = ResponseBody::upstream(body);
         Ok(Response::from_parts(
             parts,
-            ResponseBody::upstream(body).with_request_body(slot),
+            match slot {
+                Some(slot) => body.with_request_body(slot),
+                None => body,
+            },
         ))
     }
 

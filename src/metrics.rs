@@ -36,6 +36,22 @@ pub enum RouteClass {
 }
 
 impl RouteClass {
+    pub const ALL: [RouteClass; 13] = [
+        RouteClass::federation,
+        RouteClass::keys,
+        RouteClass::media,
+        RouteClass::client,
+        RouteClass::other_matrix,
+        RouteClass::synapse_client,
+        RouteClass::internal,
+        RouteClass::extra,
+        RouteClass::well_known,
+        RouteClass::acme,
+        RouteClass::redirect,
+        RouteClass::refused,
+        RouteClass::not_found,
+    ];
+
     pub fn of(route: &Route) -> Self {
         match route {
             Route::Forward(Class::Federation) => RouteClass::federation,
@@ -141,8 +157,16 @@ pub struct ReloadLabels {
     pub result: ReloadResult,
 }
 
+/// The per-class series, looked up once at start instead of on every request.
+pub struct ClassMetrics {
+    pub duration: Histogram,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+}
+
 /// All metrics of one process.
 pub struct Metrics {
+    per_class: Vec<ClassMetrics>,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub duration: Family<ClassLabel, Histogram>,
@@ -233,7 +257,19 @@ impl Metrics {
             "Configuration reloads, by result",
             reloads.clone(),
         );
+        let per_class = RouteClass::ALL
+            .iter()
+            .map(|class| {
+                let label = ClassLabel { class: *class };
+                ClassMetrics {
+                    duration: duration.get_or_create(&label).clone(),
+                    request_bytes: request_bytes.get_or_create(&label).clone(),
+                    response_bytes: response_bytes.get_or_create(&label).clone(),
+                }
+            })
+            .collect();
         Metrics {
+            per_class,
             registry,
             requests,
             duration,
@@ -247,6 +283,11 @@ impl Metrics {
             acme,
             reloads,
         }
+    }
+
+    pub fn class(&self, class: RouteClass) -> &ClassMetrics {
+        // `ALL` lists every variant in declaration order, so the index always exists.
+        &self.per_class[class as usize]
     }
 
     /// The text exposition format (OpenMetrics text, which Prometheus reads).

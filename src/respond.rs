@@ -25,7 +25,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
-use crate::metrics::{ClassLabel, Metrics, RequestLabels, RouteClass};
+use crate::metrics::{Metrics, RequestLabels, RouteClass};
 use crate::upstream::BodySlot;
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
@@ -72,17 +72,13 @@ impl Drop for Finish {
                 status: self.status,
             })
             .inc();
-        let class = ClassLabel { class: self.class };
-        m.duration
-            .get_or_create(&class)
-            .observe(elapsed.as_secs_f64());
+        let class = m.class(self.class);
+        class.duration.observe(elapsed.as_secs_f64());
         if bytes_in > 0 {
-            m.request_bytes.get_or_create(&class).inc_by(bytes_in);
+            class.request_bytes.inc_by(bytes_in);
         }
         if self.bytes_out > 0 {
-            m.response_bytes
-                .get_or_create(&class)
-                .inc_by(self.bytes_out);
+            class.response_bytes.inc_by(self.bytes_out);
         }
         tracing::info!(
             target: "matrix_edge::access",

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Uri, Version};
 use http_body_util::Limited;
 use hyper::body::Incoming;
@@ -23,8 +24,43 @@ use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{Backend, BackendTarget};
 
-/// The body of a forwarded request: the client's stream, counted, capped at `limits.max_body`.
-pub type RequestBody = Limited<ClientBody>;
+/// The body of a forwarded request: none (most requests), or the client's stream, counted and
+/// capped at `limits.max_body`.
+pub enum RequestBody {
+    Empty,
+    Client(Limited<ClientBody>),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Client(body) => Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Empty => true,
+            RequestBody::Client(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RequestBody::Empty => http_body::SizeHint::with_exact(0),
+            RequestBody::Client(body) => body.size_hint(),
+        }
+    }
+}
 
 /// The client's request body as the backend request reads it. The body itself sits in a
 /// [`BodySlot`] that the response side can empty: when the response is complete before the
@@ -151,17 +187,18 @@ impl http_body::Body for ClientBody {
 #[derive(Clone)]
 pub struct Upstream {
     client: Client<Connector, RequestBody>,
-    /// `http://host:port` for TCP; a fixed placeholder authority for unix sockets, which the
-    /// connector ignores. Never sent: the `Host` header is set by `forward`.
-    base: Arc<str>,
+    /// `host:port` for TCP; a fixed placeholder for unix sockets, which the connector ignores.
+    /// Never sent: the `Host` header is set by `forward`.
+    authority: Authority,
 }
 
 impl Upstream {
     pub fn new(backend: &Backend) -> Self {
-        let base: Arc<str> = match &backend.target {
-            BackendTarget::Tcp { authority } => format!("http://{authority}").into(),
-            BackendTarget::Unix(_) => "http://unix.socket".into(),
-        };
+        let authority = match &backend.target {
+            BackendTarget::Tcp { authority } => Authority::try_from(authority.as_str()).ok(),
+            BackendTarget::Unix(_) => None,
+        }
+        .unwrap_or_else(|| Authority::from_static("unix.socket"));
         let connector = Connector {
             target: Arc::new(backend.target.clone()),
             connect_timeout: backend.connect_timeout,
@@ -174,15 +211,18 @@ impl Upstream {
             // The Host header is the client's, set explicitly; never derived from our URI.
             .set_host(false)
             .build(connector);
-        Upstream { client, base }
+        Upstream { client, authority }
     }
 
-    /// The backend URI for a raw request-target (path and query, byte for byte).
-    pub fn uri_for(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        let mut s = String::with_capacity(self.base.len() + path_and_query.len());
-        s.push_str(&self.base);
-        s.push_str(path_and_query);
-        Uri::try_from(s).map_err(http::Error::from)
+    /// The backend URI for a raw request-target (path and query, byte for byte: the bytes are
+    /// shared with the client's request, not parsed again).
+    pub fn uri_for(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, http::Error> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query =
+            Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
+        Uri::from_parts(parts).map_err(http::Error::from)
     }
 
     pub fn send(
