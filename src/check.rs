@@ -251,8 +251,8 @@ pub struct Counts {
     pub failure: usize,
 }
 
-/// What discovery did, for the report.
-#[derive(Clone, Debug, Serialize)]
+/// What discovery did, for the report. The default is "nothing was done".
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct DiscoveryReport {
     /// The `m.server` value used, when the well-known file delegated.
     pub delegated_to: Option<String>,
@@ -443,12 +443,7 @@ pub async fn check(name: &ServerName, options: &Options) -> Report {
             ));
             return Report::assemble(
                 name,
-                DiscoveryReport {
-                    delegated_to: None,
-                    well_known: None,
-                    steps: Vec::new(),
-                    targets: Vec::new(),
-                },
+                DiscoveryReport::default(),
                 Vec::new(),
                 client::ClientReport::default(),
                 checks,

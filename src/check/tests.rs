@@ -14,12 +14,7 @@ fn report(statuses: &[(CheckId, Status)]) -> Report {
         .collect();
     Report::assemble(
         &ServerName::parse("example.com").unwrap(),
-        DiscoveryReport {
-            delegated_to: None,
-            well_known: None,
-            steps: Vec::new(),
-            targets: Vec::new(),
-        },
+        DiscoveryReport::default(),
         Vec::new(),
         client::ClientReport::default(),
         checks,
