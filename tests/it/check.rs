@@ -6,7 +6,7 @@
 //! right hint. One deployment is the real proxy in front of the homeserver.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use matrix_edge::check::{self, Check, CheckId, Options, PATH_PROBE, Report, Status};
@@ -15,7 +15,9 @@ use matrix_edge::discovery::{ResolverSource, Rule};
 
 use crate::support::Proxy;
 use crate::support::dns::{TestDns, Zone};
-use crate::support::homeserver::{Cert, Homeserver, Routes, Site, ca_der, mangle};
+use crate::support::homeserver::{
+    Cert, Handler, Homeserver, Req, Routes, Site, ca_der, json_response, mangle,
+};
 use crate::support::pki::TestCa;
 use crate::support::proxy::Ports;
 
@@ -29,17 +31,23 @@ fn at(n: u8, host: u8, port: u16) -> String {
     format!("127.0.{n}.{host}:{port}")
 }
 
-/// The CA every site's certificate comes from, and the checker's `--ca`.
+/// One test's deployment on 127.0.`n`.x: its DNS server, the CA every site's certificate comes
+/// from, and the checker's `--ca`.
 struct World {
+    n: u8,
     ca: TestCa,
     dir: tempfile::TempDir,
+    dns: TestDns,
 }
 
 impl World {
-    fn new() -> World {
+    /// Serves `zone` and starts an empty deployment on 127.0.`n`.x.
+    async fn new(n: u8, zone: Zone) -> World {
         World {
+            n,
             ca: TestCa::new(),
             dir: tempfile::tempdir().unwrap(),
+            dns: zone.serve().await,
         }
     }
 
@@ -47,29 +55,62 @@ impl World {
         Cert::new(&self.ca, names)
     }
 
-    fn options(&self, dns: &TestDns) -> Options {
+    fn options(&self) -> Options {
         Options {
-            resolver: ResolverSource::At(dns.addr),
+            resolver: ResolverSource::At(self.dns.addr),
             extra_roots: ca_der(&self.ca, self.dir.path()),
             timeout: Duration::from_secs(5),
         }
     }
 
-    async fn check(&self, name: &str, dns: &TestDns) -> Report {
-        let name = ServerName::parse(name).unwrap();
-        tokio::time::timeout(
-            Duration::from_secs(90),
-            check::check(&name, &self.options(dns)),
-        )
-        .await
-        .expect("the check finished within 90s")
+    async fn check(&self, name: &str) -> Report {
+        run_check(name, &self.options()).await
     }
 
-    /// A homeserver for `server_name` over TLS on `addr`, its certificate for `cert_names`.
-    async fn homeserver(&self, server_name: &str, addr: &str, cert_names: &[&str]) -> Site {
-        let hs = Homeserver::new(server_name);
-        Site::tls(addr, &self.cert(cert_names), hs.handler()).await
+    /// `handler` over TLS on 127.0.`n`.`host`:`port` with `cert`.
+    async fn site(&self, host: u8, port: u16, cert: &Cert, handler: Handler) -> Site {
+        Site::tls(&at(self.n, host, port), cert, handler).await
     }
+
+    /// The well-known files of `routes` on 127.0.`n`.`host`:443, its certificate for `name`.
+    async fn front(&self, host: u8, name: &str, routes: Routes) -> Site {
+        self.site(host, 443, &self.cert(&[name]), routes.handler())
+            .await
+    }
+
+    /// A homeserver for `server_name` on 127.0.`n`.`host`:`port`, its certificate for
+    /// `cert_names`.
+    async fn homeserver(
+        &self,
+        server_name: &str,
+        host: u8,
+        port: u16,
+        cert_names: &[&str],
+    ) -> Site {
+        self.homeserver_with(server_name, host, port, &self.cert(cert_names))
+            .await
+    }
+
+    /// The same with a certificate of the test's own making.
+    async fn homeserver_with(&self, server_name: &str, host: u8, port: u16, cert: &Cert) -> Site {
+        let hs = Homeserver::new(server_name);
+        self.site(host, port, cert, hs.handler()).await
+    }
+}
+
+/// `check::check` for `name`, given 90s to finish.
+async fn run_check(name: &str, options: &Options) -> Report {
+    let name = ServerName::parse(name).unwrap();
+    tokio::time::timeout(Duration::from_secs(90), check::check(&name, options))
+        .await
+        .expect("the check finished within 90s")
+}
+
+/// The `matrix-edge` binary with `args`, off the async runtime.
+async fn run_bin(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
+        .await
+        .unwrap()
 }
 
 fn checks(r: &Report, id: CheckId) -> Vec<&Check> {
@@ -132,27 +173,26 @@ fn assert_target_ok(r: &Report, addr: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_well_known_with_port_passes() {
-    let w = World::new();
     let n = 11;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("wkport.test", ip(n, 1))
-        .addr("hs.wkport.test", ip(n, 2))
-        .serve()
+        .addr("hs.wkport.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let _front = w
+        .front(
+            1,
+            "wkport.test",
+            Routes::new()
+                .server_file("hs.wkport.test:443")
+                .client_file("https://hs.wkport.test", true)
+                .support_file(serde_json::json!({"contacts": [{"role": "m.role.admin", "email_address": "admin@wkport.test"}]})),
+        )
         .await;
-    let hs = Homeserver::new("wkport.test");
-    let _front = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["wkport.test"]),
-        Routes::new()
-            .server_file("hs.wkport.test:443")
-            .client_file("https://hs.wkport.test", true)
-            .support_file(serde_json::json!({"contacts": [{"role": "m.role.admin", "email_address": "admin@wkport.test"}]}))
-            .handler(),
-    )
-    .await;
-    let back = Site::tls(&at(n, 2, 443), &w.cert(&["hs.wkport.test"]), hs.handler()).await;
+    let back = w
+        .homeserver("wkport.test", 2, 443, &["hs.wkport.test"])
+        .await;
 
-    let r = w.check("wkport.test", &dns).await;
+    let r = w.check("wkport.test").await;
     assert_clean(&r);
     assert_eq!(
         r.discovery.delegated_to.as_deref(),
@@ -190,24 +230,23 @@ async fn check_well_known_with_port_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_well_known_without_port_falls_to_8448() {
-    let w = World::new();
     let n = 12;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("wknoport.test", ip(n, 1))
-        .addr("hs.wknoport.test", ip(n, 2))
-        .serve()
+        .addr("hs.wknoport.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let _front = w
+        .front(
+            1,
+            "wknoport.test",
+            Routes::new().server_file("hs.wknoport.test"),
+        )
         .await;
-    let _front = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["wknoport.test"]),
-        Routes::new().server_file("hs.wknoport.test").handler(),
-    )
-    .await;
     let _hs = w
-        .homeserver("wknoport.test", &at(n, 2, 8448), &["hs.wknoport.test"])
+        .homeserver("wknoport.test", 2, 8448, &["hs.wknoport.test"])
         .await;
 
-    let r = w.check("wknoport.test", &dns).await;
+    let r = w.check("wknoport.test").await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(t.address.to_string(), at(n, 2, 8448));
@@ -231,9 +270,8 @@ async fn check_well_known_without_port_falls_to_8448() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_delegated_matrix_fed_srv_passes() {
-    let w = World::new();
     let n = 13;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("wksrv.test", ip(n, 1))
         .srv(
             "_matrix-fed._tcp.hs.wksrv.test",
@@ -242,20 +280,16 @@ async fn check_delegated_matrix_fed_srv_passes() {
             8449,
             "box.wksrv.test",
         )
-        .addr("box.wksrv.test", ip(n, 2))
-        .serve()
+        .addr("box.wksrv.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let _front = w
+        .front(1, "wksrv.test", Routes::new().server_file("hs.wksrv.test"))
         .await;
-    let _front = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["wksrv.test"]),
-        Routes::new().server_file("hs.wksrv.test").handler(),
-    )
-    .await;
     // With SRV the certificate covers the delegated name, not the SRV target.
     let _hs = w
-        .homeserver("wksrv.test", &at(n, 2, 8449), &["hs.wksrv.test"])
+        .homeserver("wksrv.test", 2, 8449, &["hs.wksrv.test"])
         .await;
-    let r = w.check("wksrv.test", &dns).await;
+    let r = w.check("wksrv.test").await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(t.address.to_string(), at(n, 2, 8449));
@@ -267,18 +301,14 @@ async fn check_delegated_matrix_fed_srv_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_matrix_fed_srv_keeps_the_server_name() {
-    let w = World::new();
     let n = 14;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .srv("_matrix-fed._tcp.srv.test", 10, 0, 8448, "box.srv.test")
-        .addr("box.srv.test", ip(n, 2))
-        .serve()
-        .await;
+        .addr("box.srv.test", ip(n, 2));
+    let w = World::new(n, zone).await;
     // No well-known at all: nothing listens on srv.test:443.
-    let hs = w
-        .homeserver("srv.test", &at(n, 2, 8448), &["srv.test"])
-        .await;
-    let r = w.check("srv.test", &dns).await;
+    let hs = w.homeserver("srv.test", 2, 8448, &["srv.test"]).await;
+    let r = w.check("srv.test").await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(
@@ -305,17 +335,13 @@ async fn check_matrix_fed_srv_keeps_the_server_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_legacy_srv_only_passes_with_a_deprecation_warning() {
-    let w = World::new();
     let n = 15;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .srv("_matrix._tcp.legacy.test", 10, 0, 8448, "box.legacy.test")
-        .addr("box.legacy.test", ip(n, 2))
-        .serve()
-        .await;
-    let _hs = w
-        .homeserver("legacy.test", &at(n, 2, 8448), &["legacy.test"])
-        .await;
-    let r = w.check("legacy.test", &dns).await;
+        .addr("box.legacy.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let _hs = w.homeserver("legacy.test", 2, 8448, &["legacy.test"]).await;
+    let r = w.check("legacy.test").await;
     assert_eq!(r.exit_code(), 0, "{}", text(&r));
     assert_eq!(r.discovery.targets[0].rule, Rule::LegacySrv);
     assert_target_ok(&r, &at(n, 2, 8448));
@@ -336,22 +362,16 @@ async fn check_legacy_srv_only_passes_with_a_deprecation_warning() {
 /// legacy record and the working port 8448 must both be left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_servfail_on_matrix_fed_does_not_fall_through() {
-    let w = World::new();
     let n = 16;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .servfail("_matrix-fed._tcp.broken.test")
         .srv("_matrix._tcp.broken.test", 10, 0, 8448, "box.broken.test")
         .addr("box.broken.test", ip(n, 2))
-        .addr("broken.test", ip(n, 3))
-        .serve()
-        .await;
-    let legacy = w
-        .homeserver("broken.test", &at(n, 2, 8448), &["broken.test"])
-        .await;
-    let plain = w
-        .homeserver("broken.test", &at(n, 3, 8448), &["broken.test"])
-        .await;
-    let r = w.check("broken.test", &dns).await;
+        .addr("broken.test", ip(n, 3));
+    let w = World::new(n, zone).await;
+    let legacy = w.homeserver("broken.test", 2, 8448, &["broken.test"]).await;
+    let plain = w.homeserver("broken.test", 3, 8448, &["broken.test"]).await;
+    let r = w.check("broken.test").await;
     assert_fails(&r, CheckId::Srv, &["no record", "error", "SERVFAIL"]);
     assert!(r.discovery.targets.is_empty(), "{}", text(&r));
     assert!(!r.federation_ok);
@@ -372,31 +392,24 @@ async fn check_servfail_on_matrix_fed_does_not_fall_through() {
 /// The other "present but unusable" answer: RFC 2782's `.` target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_srv_dot_target_means_unavailable() {
-    let w = World::new();
     let n = 17;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .srv("_matrix-fed._tcp.dot.test", 0, 0, 0, ".")
         .srv("_matrix._tcp.dot.test", 10, 0, 8448, "box.dot.test")
-        .addr("box.dot.test", ip(n, 2))
-        .serve()
-        .await;
-    let legacy = w
-        .homeserver("dot.test", &at(n, 2, 8448), &["dot.test"])
-        .await;
-    let r = w.check("dot.test", &dns).await;
+        .addr("box.dot.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let legacy = w.homeserver("dot.test", 2, 8448, &["dot.test"]).await;
+    let r = w.check("dot.test").await;
     assert_fails(&r, CheckId::Srv, &["`.`", "delete the record"]);
     assert!(legacy.seen.all().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_a_record_only_uses_8448() {
-    let w = World::new();
     let n = 18;
-    let dns = Zone::default().addr("aonly.test", ip(n, 1)).serve().await;
-    let _hs = w
-        .homeserver("aonly.test", &at(n, 1, 8448), &["aonly.test"])
-        .await;
-    let r = w.check("aonly.test", &dns).await;
+    let w = World::new(n, Zone::default().addr("aonly.test", ip(n, 1))).await;
+    let _hs = w.homeserver("aonly.test", 1, 8448, &["aonly.test"]).await;
+    let r = w.check("aonly.test").await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(t.address.to_string(), at(n, 1, 8448));
@@ -405,14 +418,12 @@ async fn check_a_record_only_uses_8448() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_ip_literal_sends_no_sni() {
-    let w = World::new();
     let n = 19;
-    let dns = Zone::default().serve().await;
+    let w = World::new(n, Zone::default()).await;
     // With an explicit port (rule 1 with port): the server name is IP:port, any port works.
     let name = at(n, 1, 8449);
-    let hs = Homeserver::new(&name);
-    let site = Site::tls(&name, &w.cert(&["127.0.19.1"]), hs.handler()).await;
-    let r = w.check(&name, &dns).await;
+    let site = w.homeserver(&name, 1, 8449, &["127.0.19.1"]).await;
+    let r = w.check(&name).await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(
@@ -436,17 +447,13 @@ async fn check_ip_literal_sends_no_sni() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_cname_is_followed_and_shown() {
-    let w = World::new();
     let n = 20;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .cname("cname.test", "real.cname.test")
-        .addr("real.cname.test", ip(n, 1))
-        .serve()
-        .await;
-    let _hs = w
-        .homeserver("cname.test", &at(n, 1, 8448), &["cname.test"])
-        .await;
-    let r = w.check("cname.test", &dns).await;
+        .addr("real.cname.test", ip(n, 1));
+    let w = World::new(n, zone).await;
+    let _hs = w.homeserver("cname.test", 1, 8448, &["cname.test"]).await;
+    let r = w.check("cname.test").await;
     assert_clean(&r);
     assert_eq!(r.discovery.targets[0].host, "cname.test");
     let step = r
@@ -464,18 +471,14 @@ async fn check_cname_is_followed_and_shown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_srv_target_alias_is_a_warning() {
-    let w = World::new();
     let n = 21;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .srv("_matrix-fed._tcp.alias.test", 10, 0, 8448, "fed.alias.test")
         .cname("fed.alias.test", "box.alias.test")
-        .addr("box.alias.test", ip(n, 1))
-        .serve()
-        .await;
-    let _hs = w
-        .homeserver("alias.test", &at(n, 1, 8448), &["alias.test"])
-        .await;
-    let r = w.check("alias.test", &dns).await;
+        .addr("box.alias.test", ip(n, 1));
+    let w = World::new(n, zone).await;
+    let _hs = w.homeserver("alias.test", 1, 8448, &["alias.test"]).await;
+    let r = w.check("alias.test").await;
     assert_eq!(r.exit_code(), 0, "{}", text(&r));
     let alias = checks(&r, CheckId::SrvTarget);
     assert_eq!(alias.len(), 1, "{}", text(&r));
@@ -485,17 +488,11 @@ async fn check_srv_target_alias_is_a_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_expired_certificate_fails() {
-    let w = World::new();
     let n = 22;
-    let dns = Zone::default().addr("expired.test", ip(n, 1)).serve().await;
-    let hs = Homeserver::new("expired.test");
-    let _site = Site::tls(
-        &at(n, 1, 8448),
-        &Cert::expired(&w.ca, &["expired.test"]),
-        hs.handler(),
-    )
-    .await;
-    let r = w.check("expired.test", &dns).await;
+    let w = World::new(n, Zone::default().addr("expired.test", ip(n, 1))).await;
+    let cert = Cert::expired(&w.ca, &["expired.test"]);
+    let _site = w.homeserver_with("expired.test", 1, 8448, &cert).await;
+    let r = w.check("expired.test").await;
     assert_fails(&r, CheckId::CertificateExpiry, &["renew"]);
     let expiry = &checks(&r, CheckId::CertificateExpiry)[0];
     assert!(expiry.message.contains("expired on"), "{}", expiry.message);
@@ -507,23 +504,17 @@ async fn check_expired_certificate_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_certificate_expiring_soon_warns() {
-    let w = World::new();
     let n = 23;
-    let dns = Zone::default().addr("soon.test", ip(n, 1)).serve().await;
+    let w = World::new(n, Zone::default().addr("soon.test", ip(n, 1))).await;
     let now = time::OffsetDateTime::now_utc();
-    let hs = Homeserver::new("soon.test");
-    let _site = Site::tls(
-        &at(n, 1, 8448),
-        &Cert::between(
-            &w.ca,
-            &["soon.test"],
-            now - time::Duration::days(80),
-            now + time::Duration::days(5),
-        ),
-        hs.handler(),
-    )
-    .await;
-    let r = w.check("soon.test", &dns).await;
+    let cert = Cert::between(
+        &w.ca,
+        &["soon.test"],
+        now - time::Duration::days(80),
+        now + time::Duration::days(5),
+    );
+    let _site = w.homeserver_with("soon.test", 1, 8448, &cert).await;
+    let r = w.check("soon.test").await;
     assert_eq!(r.exit_code(), 0);
     let expiry = &checks(&r, CheckId::CertificateExpiry)[0];
     assert_eq!(expiry.status, Status::Warning, "{}", text(&r));
@@ -532,9 +523,8 @@ async fn check_certificate_expiring_soon_warns() {
 /// With SRV the certificate must cover the server name; one for the SRV target is wrong.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_certificate_for_srv_target_fails_with_srv_hint() {
-    let w = World::new();
     let n = 24;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .srv(
             "_matrix-fed._tcp.wrongname.test",
             10,
@@ -542,13 +532,12 @@ async fn check_certificate_for_srv_target_fails_with_srv_hint() {
             8448,
             "box.wrongname.test",
         )
-        .addr("box.wrongname.test", ip(n, 1))
-        .serve()
-        .await;
+        .addr("box.wrongname.test", ip(n, 1));
+    let w = World::new(n, zone).await;
     let _hs = w
-        .homeserver("wrongname.test", &at(n, 1, 8448), &["box.wrongname.test"])
+        .homeserver("wrongname.test", 1, 8448, &["box.wrongname.test"])
         .await;
-    let r = w.check("wrongname.test", &dns).await;
+    let r = w.check("wrongname.test").await;
     assert_fails(
         &r,
         CheckId::CertificateName,
@@ -564,56 +553,43 @@ async fn check_certificate_for_srv_target_fails_with_srv_hint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_untrusted_certificate_fails() {
-    let w = World::new();
     let n = 25;
-    let dns = Zone::default()
-        .addr("selfsigned.test", ip(n, 1))
-        .serve()
-        .await;
+    let w = World::new(n, Zone::default().addr("selfsigned.test", ip(n, 1))).await;
     let stranger = TestCa::new();
-    let hs = Homeserver::new("selfsigned.test");
-    let _site = Site::tls(
-        &at(n, 1, 8448),
-        &Cert::new(&stranger, &["selfsigned.test"]),
-        hs.handler(),
-    )
-    .await;
-    let r = w.check("selfsigned.test", &dns).await;
+    let cert = Cert::new(&stranger, &["selfsigned.test"]);
+    let _site = w.homeserver_with("selfsigned.test", 1, 8448, &cert).await;
+    let r = w.check("selfsigned.test").await;
     assert_fails(&r, CheckId::CertificateTrust, &["full chain"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_308_on_well_known_fails() {
-    let w = World::new();
     let n = 26;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("r308.test", ip(n, 1))
         .addr("www.r308.test", ip(n, 2))
-        .addr("hs.r308.test", ip(n, 3))
-        .serve()
-        .await;
-    let _apex = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["r308.test"]),
-        Routes::new()
-            .redirect(
+        .addr("hs.r308.test", ip(n, 3));
+    let w = World::new(n, zone).await;
+    let _apex = w
+        .front(
+            1,
+            "r308.test",
+            Routes::new().redirect(
                 "/.well-known/matrix/server",
                 308,
                 "https://www.r308.test/.well-known/matrix/server",
-            )
-            .handler(),
-    )
-    .await;
-    let _www = Site::tls(
-        &at(n, 2, 443),
-        &w.cert(&["www.r308.test"]),
-        Routes::new().server_file("hs.r308.test:443").handler(),
-    )
-    .await;
-    let _hs = w
-        .homeserver("r308.test", &at(n, 3, 443), &["hs.r308.test"])
+            ),
+        )
         .await;
-    let r = w.check("r308.test", &dns).await;
+    let _www = w
+        .front(
+            2,
+            "www.r308.test",
+            Routes::new().server_file("hs.r308.test:443"),
+        )
+        .await;
+    let _hs = w.homeserver("r308.test", 3, 443, &["hs.r308.test"]).await;
+    let r = w.check("r308.test").await;
     assert_fails(&r, CheckId::WellKnownRedirect, &["308", "Synapse", "301"]);
     let wk = r.discovery.well_known.as_ref().unwrap();
     assert_eq!((wk.redirects.len(), wk.redirects[0].status), (1, 308));
@@ -630,48 +606,41 @@ async fn check_308_on_well_known_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_301_on_well_known_warns_and_redirect_loops_fail() {
-    let w = World::new();
     let n = 27;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("r301.test", ip(n, 1))
         .addr("loop.test", ip(n, 2))
-        .addr("hs.r301.test", ip(n, 3))
-        .serve()
+        .addr("hs.r301.test", ip(n, 3));
+    let w = World::new(n, zone).await;
+    let _apex = w
+        .front(
+            1,
+            "r301.test",
+            Routes::new()
+                .redirect("/.well-known/matrix/server", 301, "/matrix-server.json")
+                .server_file("hs.r301.test:443")
+                .respond("/matrix-server.json", |_| {
+                    json_response(200, &serde_json::json!({"m.server": "hs.r301.test:443"}))
+                }),
+        )
         .await;
-    let _apex = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["r301.test"]),
-        Routes::new()
-            .redirect("/.well-known/matrix/server", 301, "/matrix-server.json")
-            .server_file("hs.r301.test:443")
-            .respond("/matrix-server.json", |_| {
-                crate::support::homeserver::json_response(
-                    200,
-                    &serde_json::json!({"m.server": "hs.r301.test:443"}),
-                )
-            })
-            .handler(),
-    )
-    .await;
-    let _hs = w
-        .homeserver("r301.test", &at(n, 3, 443), &["hs.r301.test"])
-        .await;
-    let r = w.check("r301.test", &dns).await;
+    let _hs = w.homeserver("r301.test", 3, 443, &["hs.r301.test"]).await;
+    let r = w.check("r301.test").await;
     assert_eq!(r.exit_code(), 0, "{}", text(&r));
     let hops = checks(&r, CheckId::WellKnownRedirect);
     assert_eq!(hops.len(), 1);
     assert_eq!(hops[0].status, Status::Warning);
 
-    let _looping = Site::tls(
-        &at(n, 2, 443),
-        &w.cert(&["loop.test"]),
-        Routes::new()
-            .redirect("/.well-known/matrix/server", 302, "/b")
-            .redirect("/b", 302, "/.well-known/matrix/server")
-            .handler(),
-    )
-    .await;
-    let r = w.check("loop.test", &dns).await;
+    let _looping = w
+        .front(
+            2,
+            "loop.test",
+            Routes::new()
+                .redirect("/.well-known/matrix/server", 302, "/b")
+                .redirect("/b", 302, "/.well-known/matrix/server"),
+        )
+        .await;
+    let r = w.check("loop.test").await;
     assert_fails(&r, CheckId::WellKnownServer, &["redirect"]);
     assert!(
         checks(&r, CheckId::WellKnownServer)[0]
@@ -682,17 +651,13 @@ async fn check_301_on_well_known_warns_and_redirect_loops_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_path_mangling_proxy_fails() {
-    let w = World::new();
     let n = 28;
-    let dns = Zone::default().addr("mangled.test", ip(n, 1)).serve().await;
+    let w = World::new(n, Zone::default().addr("mangled.test", ip(n, 1))).await;
     let hs = Homeserver::new("mangled.test");
-    let site = Site::tls(
-        &at(n, 1, 8448),
-        &w.cert(&["mangled.test"]),
-        mangle(hs.handler()),
-    )
-    .await;
-    let r = w.check("mangled.test", &dns).await;
+    let site = w
+        .site(1, 8448, &w.cert(&["mangled.test"]), mangle(hs.handler()))
+        .await;
+    let r = w.check("mangled.test").await;
     assert_fails(
         &r,
         CheckId::PathIntegrity,
@@ -712,13 +677,12 @@ async fn check_path_mangling_proxy_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_keys_for_another_server_fail() {
-    let w = World::new();
     let n = 29;
-    let dns = Zone::default().addr("other.test", ip(n, 1)).serve().await;
+    let w = World::new(n, Zone::default().addr("other.test", ip(n, 1))).await;
     let _hs = w
-        .homeserver("someone-else.test", &at(n, 1, 8448), &["other.test"])
+        .homeserver("someone-else.test", 1, 8448, &["other.test"])
         .await;
-    let r = w.check("other.test", &dns).await;
+    let r = w.check("other.test").await;
     assert_fails(&r, CheckId::KeysServerName, &["server_name"]);
     // The signature itself is fine: it is the wrong server's.
     assert_eq!(checks(&r, CheckId::KeysSignature)[0].status, Status::Ok);
@@ -726,26 +690,24 @@ async fn check_keys_for_another_server_fail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_client_well_known_without_cors_fails() {
-    let w = World::new();
     let n = 30;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("nocors.test", ip(n, 1))
-        .addr("hs.nocors.test", ip(n, 2))
-        .serve()
+        .addr("hs.nocors.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let _front = w
+        .front(
+            1,
+            "nocors.test",
+            Routes::new()
+                .server_file("hs.nocors.test:443")
+                .client_file("https://hs.nocors.test", false),
+        )
         .await;
-    let _front = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["nocors.test"]),
-        Routes::new()
-            .server_file("hs.nocors.test:443")
-            .client_file("https://hs.nocors.test", false)
-            .handler(),
-    )
-    .await;
     let _hs = w
-        .homeserver("nocors.test", &at(n, 2, 443), &["hs.nocors.test"])
+        .homeserver("nocors.test", 2, 443, &["hs.nocors.test"])
         .await;
-    let r = w.check("nocors.test", &dns).await;
+    let r = w.check("nocors.test").await;
     assert_fails(
         &r,
         CheckId::ClientCors,
@@ -757,10 +719,9 @@ async fn check_client_well_known_without_cors_fails() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_nothing_listening_fails_with_port_hint() {
-    let w = World::new();
     let n = 31;
-    let dns = Zone::default().addr("down.test", ip(n, 1)).serve().await;
-    let r = w.check("down.test", &dns).await;
+    let w = World::new(n, Zone::default().addr("down.test", ip(n, 1))).await;
+    let r = w.check("down.test").await;
     assert_fails(
         &r,
         CheckId::Connect,
@@ -801,10 +762,7 @@ async fn check_passes_through_matrix_edge() {
         extra_roots: check::load_ca(&ca_file).unwrap(),
         timeout: Duration::from_secs(5),
     };
-    let name = ServerName::parse("example.test").unwrap();
-    let r = tokio::time::timeout(Duration::from_secs(90), check::check(&name, &options))
-        .await
-        .unwrap();
+    let r = run_check("example.test", &options).await;
     assert_clean(&r);
     assert_target_ok(&r, &at(n, 1, 443));
     assert_eq!(r.client.versions.as_ref().map(Vec::len), Some(2));
@@ -817,7 +775,7 @@ async fn check_passes_through_matrix_edge() {
     assert_eq!(probe.host.as_deref(), Some("matrix.example.test:443"));
 
     // The same through the binary: --json, --resolver, --ca, exit 0.
-    let args = [
+    let out = run_bin(vec![
         "check".to_owned(),
         "example.test".into(),
         "--json".into(),
@@ -827,10 +785,8 @@ async fn check_passes_through_matrix_edge() {
         ca_file.display().to_string(),
         "--timeout".into(),
         "5s".into(),
-    ];
-    let out = tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
-        .await
-        .unwrap();
+    ])
+    .await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -850,31 +806,17 @@ async fn check_passes_through_matrix_edge() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_binary_exit_codes() {
-    let w = World::new();
     let n = 33;
-    let dns = Zone::default()
-        .addr("expired-cli.test", ip(n, 1))
-        .serve()
-        .await;
-    let hs = Homeserver::new("expired-cli.test");
-    let _site = Site::tls(
-        &at(n, 1, 8448),
-        &Cert::expired(&w.ca, &["expired-cli.test"]),
-        hs.handler(),
-    )
-    .await;
+    let w = World::new(n, Zone::default().addr("expired-cli.test", ip(n, 1))).await;
+    let cert = Cert::expired(&w.ca, &["expired-cli.test"]);
+    let _site = w.homeserver_with("expired-cli.test", 1, 8448, &cert).await;
     let ca = w.dir.path().join("ca.pem");
     w.ca.write_pem(&ca);
-    let run = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || Command::new(BIN).args(args).output().unwrap())
-            .await
-            .unwrap()
-    };
-    let out = run(vec![
+    let out = run_bin(vec![
         "check".into(),
         "expired-cli.test".into(),
         "--resolver".into(),
-        dns.addr.to_string(),
+        w.dns.addr.to_string(),
         "--ca".into(),
         ca.display().to_string(),
     ])
@@ -891,13 +833,13 @@ async fn check_binary_exit_codes() {
         "{stdout}"
     );
 
-    let out = run(vec!["check".into(), "exa_mple.test".into()]).await;
+    let out = run_bin(vec!["check".into(), "exa_mple.test".into()]).await;
     assert_eq!(
         out.status.code(),
         Some(2),
         "invalid server name is a usage error"
     );
-    let out = run(vec![
+    let out = run_bin(vec![
         "check".into(),
         "example.test".into(),
         "--ca".into(),
@@ -909,7 +851,7 @@ async fn check_binary_exit_codes() {
         Some(2),
         "unreadable --ca is a usage error"
     );
-    let out = run(vec![
+    let out = run_bin(vec![
         "check".into(),
         "example.test".into(),
         "--timeout".into(),
@@ -924,14 +866,10 @@ async fn check_binary_exit_codes() {
 async fn check_preflight_waits_for_certificates() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
-    let w = World::new();
     let n = 34;
-    let dns = Zone::default()
-        .addr("preflight.test", ip(n, 1))
-        .serve()
-        .await;
+    let w = World::new(n, Zone::default().addr("preflight.test", ip(n, 1))).await;
     let _hs = w
-        .homeserver("preflight.test", &at(n, 1, 8448), &["preflight.test"])
+        .homeserver("preflight.test", 1, 8448, &["preflight.test"])
         .await;
     let name = ServerName::parse("preflight.test").unwrap();
 
@@ -946,7 +884,7 @@ async fn check_preflight_waits_for_certificates() {
         Duration::from_secs(90),
         check::preflight(
             name.clone(),
-            w.options(&dns),
+            w.options(),
             move || ready.load(Ordering::SeqCst),
             Duration::from_secs(30),
         ),
@@ -957,8 +895,7 @@ async fn check_preflight_waits_for_certificates() {
     assert!(started.elapsed() >= Duration::from_millis(1500));
     assert_eq!(report.exit_code(), 0, "{}", text(&report));
 
-    let skipped =
-        check::preflight(name, w.options(&dns), || false, Duration::from_millis(300)).await;
+    let skipped = check::preflight(name, w.options(), || false, Duration::from_millis(300)).await;
     assert!(skipped.is_none());
 }
 
@@ -966,18 +903,14 @@ async fn check_preflight_waits_for_certificates() {
 /// certificate lists the address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_well_known_delegating_to_an_ip_literal() {
-    let w = World::new();
     let n = 35;
-    let dns = Zone::default().addr("wkip.test", ip(n, 1)).serve().await;
+    let w = World::new(n, Zone::default().addr("wkip.test", ip(n, 1))).await;
     let m_server = at(n, 2, 8448);
-    let _front = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["wkip.test"]),
-        Routes::new().server_file(&m_server).handler(),
-    )
-    .await;
-    let hs = w.homeserver("wkip.test", &m_server, &["127.0.35.2"]).await;
-    let r = w.check("wkip.test", &dns).await;
+    let _front = w
+        .front(1, "wkip.test", Routes::new().server_file(&m_server))
+        .await;
+    let hs = w.homeserver("wkip.test", 2, 8448, &["127.0.35.2"]).await;
+    let r = w.check("wkip.test").await;
     assert_clean(&r);
     let t = &r.discovery.targets[0];
     assert_eq!(
@@ -991,14 +924,12 @@ async fn check_well_known_delegating_to_an_ip_literal() {
 /// oversized file a homeserver would drop is a failure; both fall back to port 8448.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn check_unusable_well_known_files_fall_back() {
-    let w = World::new();
     let n = 36;
-    let dns = Zone::default()
+    let zone = Zone::default()
         .addr("html.test", ip(n, 1))
-        .addr("huge.test", ip(n, 2))
-        .serve()
-        .await;
-    let page = |_: &crate::support::homeserver::Req| {
+        .addr("huge.test", ip(n, 2));
+    let w = World::new(n, zone).await;
+    let page = |_: &Req| {
         http::Response::builder()
             .status(200)
             .header("content-type", "text/html")
@@ -1007,18 +938,15 @@ async fn check_unusable_well_known_files_fall_back() {
             )))
             .unwrap()
     };
-    let _html = Site::tls(
-        &at(n, 1, 443),
-        &w.cert(&["html.test"]),
-        Routes::new()
-            .respond("/.well-known/matrix/server", page)
-            .handler(),
-    )
-    .await;
-    let _html_hs = w
-        .homeserver("html.test", &at(n, 1, 8448), &["html.test"])
+    let _html = w
+        .front(
+            1,
+            "html.test",
+            Routes::new().respond("/.well-known/matrix/server", page),
+        )
         .await;
-    let r = w.check("html.test", &dns).await;
+    let _html_hs = w.homeserver("html.test", 1, 8448, &["html.test"]).await;
+    let r = w.check("html.test").await;
     assert_eq!(r.exit_code(), 0, "{}", text(&r));
     let wk = &checks(&r, CheckId::WellKnownServer)[0];
     assert_eq!(wk.status, Status::Warning);
@@ -1026,20 +954,17 @@ async fn check_unusable_well_known_files_fall_back() {
     assert_eq!(r.discovery.targets[0].rule, Rule::DefaultPort);
 
     let big = serde_json::json!({"m.server": "huge.test:8448", "padding": "x".repeat(60 * 1024)});
-    let _huge = Site::tls(
-        &at(n, 2, 443),
-        &w.cert(&["huge.test"]),
-        Routes::new()
-            .respond("/.well-known/matrix/server", move |_| {
-                crate::support::homeserver::json_response(200, &big)
-            })
-            .handler(),
-    )
-    .await;
-    let _huge_hs = w
-        .homeserver("huge.test", &at(n, 2, 8448), &["huge.test"])
+    let _huge = w
+        .front(
+            2,
+            "huge.test",
+            Routes::new().respond("/.well-known/matrix/server", move |_| {
+                json_response(200, &big)
+            }),
+        )
         .await;
-    let r = w.check("huge.test", &dns).await;
+    let _huge_hs = w.homeserver("huge.test", 2, 8448, &["huge.test"]).await;
+    let r = w.check("huge.test").await;
     assert_fails(&r, CheckId::WellKnownServer, &["50 KiB"]);
     assert_eq!(r.discovery.targets[0].rule, Rule::DefaultPort);
 }
