@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::respond::{ProxyError, ResponseBody};
 use crate::route::canonical_ip;
-use crate::upstream::{BodySlot, ClientBody, RequestBody, Upstream};
+use crate::upstream::{BodySlot, ClientBody, RequestBody, Upstream, UpstreamError};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -70,10 +70,14 @@ impl Forwarder {
             });
         }
         let (mut parts, body) = req.into_parts();
-        let uri = self
-            .upstream
-            .uri_for(parts.uri.path_and_query().cloned())
-            .map_err(|e| ProxyError::Internal(format!("backend URI for {}: {e}", parts.uri)))?;
+        // Origin-form, the client's bytes: h2's scheme and authority are not part of it.
+        let uri = http::Uri::from(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
         let host = client_host(&parts);
         let trusted = self.is_trusted(peer);
         let headers = &mut parts.headers;
@@ -134,25 +138,24 @@ impl Forwarder {
         self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }
 
-    fn classify_error(&self, e: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut source: Option<&(dyn StdError + 'static)> = e.source();
-        let mut client_side = false;
+    fn classify_error(&self, e: &UpstreamError) -> ProxyError {
+        let detail = error_chain(e);
+        let exchange = match e {
+            UpstreamError::Connect(_) => return ProxyError::BackendUnreachable(detail),
+            UpstreamError::Exchange(h) => h,
+        };
+        // A user error is the request body we were streaming: the client's side, or over the
+        // limit if that is what ended it.
+        let mut source: Option<&(dyn StdError + 'static)> = exchange.source();
         while let Some(s) = source {
             if s.is::<LengthLimitError>() {
                 return ProxyError::TooLarge {
                     limit: self.max_body,
                 };
             }
-            if let Some(h) = s.downcast_ref::<hyper::Error>() {
-                // A user error here is the request body we were streaming: the client's side.
-                client_side |= h.is_user();
-            }
             source = s.source();
         }
-        let detail = error_chain(e);
-        if e.is_connect() {
-            ProxyError::BackendUnreachable(detail)
-        } else if client_side {
+        if exchange.is_user() {
             ProxyError::ClientBody(detail)
         } else {
             ProxyError::BackendFailed(detail)

@@ -14,7 +14,6 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +25,7 @@ use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
 use crate::metrics::{Metrics, RequestLabels, RouteClass};
-use crate::upstream::BodySlot;
+use crate::upstream::{BodySlot, UpstreamBody};
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
 pub struct ResponseBody {
@@ -98,7 +97,7 @@ impl Drop for Finish {
 
 enum Kind {
     Full(Full<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody),
 }
 
 impl ResponseBody {
@@ -114,7 +113,7 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    pub fn upstream(body: Incoming) -> Self {
+    pub fn upstream(body: UpstreamBody) -> Self {
         ResponseBody {
             kind: Kind::Upstream(body),
             finish: None,

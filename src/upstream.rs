@@ -3,22 +3,19 @@
 //! Owns how the backend is reached and nothing about what is sent: `forward` builds requests.
 //! Always HTTP/1.1, because Synapse's listeners speak nothing else and chunked responses need it.
 
-use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Uri, Version};
+use http::Version;
 use http_body_util::Limited;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
@@ -183,97 +180,245 @@ impl http_body::Body for ClientBody {
     }
 }
 
-/// The backend, reachable by `send`.
+/// The backend, reachable by [`Upstream::send`]. Cloning shares the pool.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<Connector, RequestBody>,
-    /// `host:port` for TCP; a fixed placeholder for unix sockets, which the connector ignores.
-    /// Never sent: the `Host` header is set by `forward`.
-    authority: Authority,
+    pool: Arc<Pool>,
 }
+
+/// Idle keep-alive connections to the backend, newest last: a request takes the most recently
+/// used one, whose socket is the least likely to have been closed by the backend meanwhile, and
+/// the oldest ones age out at the front.
+struct Pool {
+    target: BackendTarget,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// Why a request got no response from the backend.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection: refused, unreachable, or slower than `backend.connect_timeout`.
+    #[error("connecting to the backend: {0}")]
+    Connect(#[source] io::Error),
+    /// A connection, but the exchange failed: reset, closed early, a malformed response, or the
+    /// request body failing while it was streamed.
+    #[error("exchange with the backend failed: {0}")]
+    Exchange(#[source] hyper::Error),
+}
+
+/// How many pooled connections one request tries before opening a new one: each try that fails
+/// on a connection the backend had already closed costs nothing but a syscall.
+const POOLED_TRIES: usize = 4;
 
 impl Upstream {
     pub fn new(backend: &Backend) -> Self {
-        let authority = match &backend.target {
-            BackendTarget::Tcp { authority } => Authority::try_from(authority.as_str()).ok(),
-            BackendTarget::Unix(_) => None,
-        }
-        .unwrap_or_else(|| Authority::from_static("unix.socket"));
-        let connector = Connector {
-            target: Arc::new(backend.target.clone()),
+        let pool = Arc::new(Pool {
+            target: backend.target.clone(),
             connect_timeout: backend.connect_timeout,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(backend.pool_idle_timeout)
-            .pool_max_idle_per_host(backend.pool_max_idle)
-            // The Host header is the client's, set explicitly; never derived from our URI.
-            .set_host(false)
-            .build(connector);
-        Upstream { client, authority }
+            idle_timeout: backend.pool_idle_timeout,
+            max_idle: backend.pool_max_idle,
+            idle: Mutex::new(Vec::new()),
+        });
+        // Closes connections idle past the timeout even when no request comes to notice them.
+        // Outside a runtime (unit tests that build a server without serving) there is nothing to
+        // reap yet.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(reap(Arc::downgrade(&pool)));
+        }
+        Upstream { pool }
     }
 
-    /// The backend URI for a raw request-target (path and query, byte for byte: the bytes are
-    /// shared with the client's request, not parsed again).
-    pub fn uri_for(&self, path_and_query: Option<PathAndQuery>) -> Result<Uri, http::Error> {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query =
-            Some(path_and_query.unwrap_or_else(|| PathAndQuery::from_static("/")));
-        Uri::from_parts(parts).map_err(http::Error::from)
-    }
-
-    pub fn send(
+    /// Sends `req` on a pooled connection or a new one. The request must carry its `Host` header
+    /// and an origin-form URI; both go out as they are.
+    pub async fn send(
         &self,
-        req: http::Request<RequestBody>,
-    ) -> hyper_util::client::legacy::ResponseFuture {
-        self.client.request(req)
-    }
-}
-
-/// Opens connections to the backend, TCP or unix, whatever the URI says.
-#[derive(Clone)]
-pub struct Connector {
-    target: Arc<BackendTarget>,
-    connect_timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<BackendStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let target = self.target.clone();
-        let timeout = self.connect_timeout;
-        Box::pin(async move {
-            let connect = async {
-                match &*target {
-                    BackendTarget::Tcp { authority } => {
-                        let stream = TcpStream::connect(authority.as_str()).await?;
-                        stream.set_nodelay(true)?;
-                        Ok(BackendStream::Tcp(stream))
-                    }
-                    BackendTarget::Unix(path) => UnixStream::connect(path)
-                        .await
-                        .map(BackendStream::Unix)
-                        .map_err(|e| unix_error(path, e)),
-                }
+        mut req: http::Request<RequestBody>,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        for _ in 0..POOLED_TRIES {
+            let Some(mut sender) = self.pool.checkout() else {
+                break;
             };
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(result) => result.map(TokioIo::new),
-                Err(_) => Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("connecting to the backend took longer than {timeout:?}"),
-                )),
+            // Pending only while the connection finishes the previous exchange; an error means
+            // the backend closed it.
+            if sender.ready().await.is_err() {
+                continue;
             }
-        })
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pool.attach(resp, sender)),
+                // Nothing was written: the connection closed under us. Try the next one.
+                Err(mut e) => match e.take_message() {
+                    Some(back) => req = back,
+                    None => return Err(UpstreamError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.pool.connect().await?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.pool.attach(resp, sender)),
+            Err(e) => Err(UpstreamError::Exchange(e)),
+        }
+    }
+}
+
+impl Pool {
+    /// The most recently used live connection, if any. Expired and closed ones are dropped on
+    /// the way, which closes them.
+    fn checkout(&self) -> Option<SendRequest<RequestBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose exchange has ended back for the next request.
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= self.max_idle {
+            // The oldest goes: it is the one most likely to be closed by the backend soon.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    fn attach(
+        self: &Arc<Self>,
+        resp: http::Response<Incoming>,
+        sender: SendRequest<RequestBody>,
+    ) -> http::Response<UpstreamBody> {
+        resp.map(|body| UpstreamBody::new(body, sender, self.clone()))
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let connect = async {
+            match &self.target {
+                BackendTarget::Tcp { authority } => {
+                    let stream = TcpStream::connect(authority.as_str()).await?;
+                    stream.set_nodelay(true)?;
+                    Ok(BackendStream::Tcp(stream))
+                }
+                BackendTarget::Unix(path) => UnixStream::connect(path)
+                    .await
+                    .map(BackendStream::Unix)
+                    .map_err(|e| unix_error(path, e)),
+            }
+        };
+        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result.map_err(UpstreamError::Connect)?,
+            Err(_) => {
+                return Err(UpstreamError::Connect(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "connecting to the backend took longer than {:?}",
+                        self.connect_timeout
+                    ),
+                )));
+            }
+        };
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        // The connection's own task reads and writes the socket; it ends when the backend closes
+        // the connection or when the last `SendRequest` for it is dropped.
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "backend connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Drops idle connections past `idle_timeout`, every half timeout, until the pool is gone.
+async fn reap(pool: std::sync::Weak<Pool>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / 2).max(Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Ok(mut idle) = pool.idle.lock() {
+            idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout);
+        }
+    }
+}
+
+/// A backend response body. Its connection goes back to the pool the moment the body has been
+/// read to its end; a body dropped before that takes the connection with it (hyper closes it,
+/// since the rest of the response would still be on the wire).
+pub struct UpstreamBody {
+    body: Incoming,
+    home: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+}
+
+impl UpstreamBody {
+    fn new(body: Incoming, sender: SendRequest<RequestBody>, pool: Arc<Pool>) -> Self {
+        let mut this = UpstreamBody {
+            body,
+            home: Some((sender, pool)),
+        };
+        if http_body::Body::is_end_stream(&this.body) {
+            this.release();
+        }
+        this
+    }
+
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.home.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl http_body::Body for UpstreamBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.home = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -285,12 +430,6 @@ fn unix_error(path: &Path, e: io::Error) -> io::Error {
 pub enum BackendStream {
     Tcp(TcpStream),
     Unix(UnixStream),
-}
-
-impl Connection for BackendStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
 }
 
 impl AsyncRead for BackendStream {
