@@ -57,12 +57,15 @@ impl Forwarder {
         }
     }
 
-    /// Forwards `req`; `bytes_in` counts the request body bytes streamed to the backend.
+    /// Forwards `req`; `forwarded_for` is the peer as [`forwarded_for_value`] writes it;
+    /// `bytes_in` is set, for a request with a body, to the count of its bytes streamed to the
+    /// backend.
     pub async fn forward(
         &self,
         req: Request<Incoming>,
         peer: IpAddr,
-        bytes_in: &Arc<AtomicU64>,
+        forwarded_for: &HeaderValue,
+        bytes_in: &mut Option<Arc<AtomicU64>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if declared_length(req.headers()).is_some_and(|n| n > self.max_body) {
             return Err(ProxyError::TooLarge {
@@ -81,8 +84,7 @@ impl Forwarder {
         let host = client_host(&parts);
         let trusted = self.is_trusted(peer);
         let headers = &mut parts.headers;
-        strip_hop_by_hop(headers);
-        set_forwarding_headers(headers, peer, trusted);
+        prepare_request_headers(headers, forwarded_for, trusted);
         if let Some(host) = host {
             headers.insert(HOST, host);
         }
@@ -92,7 +94,8 @@ impl Forwarder {
             (RequestBody::Empty, None)
         } else {
             let slot = BodySlot::new(body, parts.version);
-            let client = ClientBody::new(slot.clone(), bytes_in.clone());
+            let count = bytes_in.get_or_insert_with(Default::default).clone();
+            let client = ClientBody::new(slot.clone(), count);
             let limited = Limited::new(client, self.max_body as usize);
             (RequestBody::Client(limited), Some(slot))
         };
@@ -191,62 +194,84 @@ fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     parts.headers.get(HOST).cloned()
 }
 
-/// Removes the headers that describe one hop, not the message (RFC 9110 §7.6.1), including any
-/// named in `Connection`. `Expect` goes too: the proxy answers `100-continue` itself.
+/// The hop-by-hop headers of RFC 9110 §7.6.1 and their old relatives. `Expect` is among them:
+/// the proxy answers `100-continue` itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == EXPECT
+        || name == http::header::PROXY_AUTHORIZATION
+        || name == http::header::PROXY_AUTHENTICATE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Forwarding headers a client may not set itself unless it is a trusted proxy. Synapse believes
+/// the leftmost `X-Forwarded-For` entry; the others are dropped from an untrusted peer.
+fn is_spoofable(name: &HeaderName) -> bool {
+    name == X_FORWARDED_HOST || name == X_REAL_IP || name == FORWARDED
+}
+
+/// Removes the headers that describe one hop, not the message, including any named in
+/// `Connection`. One pass over the names finds them: most messages carry none but `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    strip(headers, false);
+}
+
+fn strip(headers: &mut HeaderMap, spoofable_too: bool) {
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_hop_by_hop(name) || (spoofable_too && is_spoofable(name)) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    let named = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
         // Never let a client strip what the proxy vouches for or what signs the request.
-        if name != http::header::AUTHORIZATION && name != HOST {
-            headers.remove(name);
-        }
-    }
-    for name in [
-        &CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-        &UPGRADE,
-        &EXPECT,
-        &http::header::PROXY_AUTHORIZATION,
-        &http::header::PROXY_AUTHENTICATE,
-    ] {
+        .filter(|name| name != http::header::AUTHORIZATION && name != HOST);
+    doomed.extend(named.collect::<Vec<_>>());
+    for name in doomed {
         headers.remove(name);
     }
 }
 
-/// Sets `X-Forwarded-For` and `X-Forwarded-Proto`. From an untrusted peer, any forwarding header
-/// the client sent is dropped: Synapse believes the leftmost `X-Forwarded-For` entry.
-pub fn set_forwarding_headers(headers: &mut HeaderMap, peer: IpAddr, trusted: bool) {
-    let peer_text = canonical_ip(peer).to_string();
-    let xff = if trusted {
-        let previous: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if previous.is_empty() {
-            peer_text
-        } else {
-            format!("{}, {peer_text}", previous.join(", "))
+/// A peer address as `X-Forwarded-For` writes it: IPv4 for an IPv4-mapped IPv6 peer. Made once
+/// per connection.
+pub fn forwarded_for_value(peer: IpAddr) -> HeaderValue {
+    let text = canonical_ip(peer).to_string();
+    // An IP address is always a valid header value; the fallback is never taken.
+    HeaderValue::try_from(text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Prepares a request's headers for the backend: hop-by-hop headers go, `X-Forwarded-For` is the
+/// peer (appended to the client's list only behind a trusted proxy), `X-Forwarded-Proto` is
+/// `https`, and from an untrusted peer every other forwarding header is dropped.
+pub fn prepare_request_headers(headers: &mut HeaderMap, peer: &HeaderValue, trusted: bool) {
+    strip(headers, !trusted);
+    let xff = if trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut list = String::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            if let Ok(v) = value.to_str() {
+                list.push_str(v);
+                list.push_str(", ");
+            }
         }
+        list.push_str(peer.to_str().unwrap_or(""));
+        HeaderValue::try_from(list).unwrap_or_else(|_| peer.clone())
     } else {
-        for name in [&X_FORWARDED_HOST, &X_REAL_IP, &FORWARDED] {
-            headers.remove(name);
-        }
-        peer_text
+        peer.clone()
     };
-    if let Ok(value) = HeaderValue::try_from(xff) {
-        headers.insert(&X_FORWARDED_FOR, value);
-    }
+    headers.insert(&X_FORWARDED_FOR, xff);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
 }
 
@@ -293,22 +318,21 @@ mod tests {
         h.append(&X_FORWARDED_FOR, "7.7.7.7".parse().unwrap());
         h.insert(&X_FORWARDED_PROTO, "http".parse().unwrap());
         h.insert(&X_REAL_IP, "6.6.6.6".parse().unwrap());
+        let peer = forwarded_for_value(peer);
         let mut untrusted = h.clone();
-        set_forwarding_headers(&mut untrusted, peer, false);
+        prepare_request_headers(&mut untrusted, &peer, false);
         assert_eq!(untrusted.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(untrusted[&X_FORWARDED_FOR], "192.0.2.1");
         assert_eq!(untrusted[&X_FORWARDED_PROTO], "https");
         assert!(untrusted.get(&X_REAL_IP).is_none());
         let mut trusted = h;
-        set_forwarding_headers(&mut trusted, peer, true);
+        prepare_request_headers(&mut trusted, &peer, true);
         assert_eq!(trusted[&X_FORWARDED_FOR], "6.6.6.6, 7.7.7.7, 192.0.2.1");
     }
 
     #[test]
     fn mapped_ipv4_peer_written_as_ipv4() {
-        let mut h = HeaderMap::new();
         let peer = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 9).to_ipv6_mapped());
-        set_forwarding_headers(&mut h, peer, false);
-        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.9");
+        assert_eq!(forwarded_for_value(peer), "192.0.2.9");
     }
 }

@@ -233,6 +233,10 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
+// Memory per connection: the task of a connection holds only pointers and small state; the
+// handshake and the HTTP machinery are separate boxes, each alive only while it is needed, and an
+// HTTP/1.1 connection gets hyper's state and read buffer only once a request starts arriving. An
+// idle keep-alive connection thus costs its socket, its TLS state and this small task.
 async fn serve_stream(
     stream: TcpStream,
     peer: SocketAddr,
@@ -244,29 +248,27 @@ async fn serve_stream(
     let current = server.load_full();
     let limits = current.limits();
     let idle_timeout = limits.idle_timeout;
+    let conn = Conn {
+        peer,
+        role,
+        shared: &server,
+        current: &current,
+        idle_timeout,
+        phase,
+    };
     match &settings.tls {
-        None => {
-            serve_io(
-                stream,
-                false,
-                peer,
-                role,
-                &server,
-                &current,
-                idle_timeout,
-                phase,
-            )
-            .await
-        }
+        None => Box::pin(conn.serve(stream, false)).await,
         Some(tls) => {
-            let handshake =
-                tokio::time::timeout(limits.header_read_timeout, handshake(stream, tls));
+            let handshake = Box::pin(tokio::time::timeout(
+                limits.header_read_timeout,
+                handshake(stream, tls),
+            ));
             let metrics = &settings.metrics;
             match handshake.await {
                 Ok(Ok(Handshake::Http(tls))) => {
                     metrics.handshake(HandshakeResult::ok);
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    serve_io(*tls, h2, peer, role, &server, &current, idle_timeout, phase).await
+                    Box::pin(conn.serve(*tls, h2)).await
                 }
                 Ok(Ok(Handshake::AcmeChallenge)) => {
                     metrics.handshake(HandshakeResult::acme_challenge);
@@ -306,28 +308,74 @@ async fn handshake(stream: TcpStream, tls: &TlsSettings) -> io::Result<Handshake
     Ok(Handshake::Http(Box::new(stream)))
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve_io<IO>(
-    io: IO,
-    h2: bool,
+/// A client stream that can say whether a request has started to arrive without reading it.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Bytes already read off the socket and waiting to be consumed.
+    fn has_buffered(&mut self) -> bool;
+    fn socket(&self) -> &TcpStream;
+}
+
+impl ClientStream for TcpStream {
+    fn has_buffered(&mut self) -> bool {
+        false
+    }
+    fn socket(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn has_buffered(&mut self) -> bool {
+        // Records that came with the handshake's last flight are decrypted now; on a TLS error
+        // hyper gets the stream and reports it.
+        self.get_mut()
+            .1
+            .process_new_packets()
+            .map(|state| state.plaintext_bytes_to_read() > 0)
+            .unwrap_or(true)
+    }
+    fn socket(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// What serving one connection needs besides the stream.
+struct Conn<'a> {
     peer: SocketAddr,
     role: Role,
-    shared: &SharedServer,
-    current: &Server,
+    shared: &'a SharedServer,
+    current: &'a Server,
     idle_timeout: Duration,
     phase: watch::Receiver<Phase>,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let activity = Activity::new();
-    let io = TokioIo::new(io);
-    let service = ConnService::new(shared.clone(), role, peer, activity.clone());
-    if h2 {
-        let conn = current.http2().serve_connection(io, service);
-        drive(conn, &activity, idle_timeout, phase).await
-    } else {
-        let conn = current.http1().serve_connection(io, service);
-        drive(conn, &activity, idle_timeout, phase).await
+}
+
+impl Conn<'_> {
+    async fn serve<IO: ClientStream>(mut self, mut io: IO, h2: bool) {
+        let activity = Activity::new();
+        let service = ConnService::new(self.shared.clone(), self.role, self.peer, activity.clone());
+        if h2 {
+            // An h2 client sends its preface at once: nothing to wait for.
+            let conn = self
+                .current
+                .http2()
+                .serve_connection(TokioIo::new(io), service);
+            return drive(conn, &activity, self.idle_timeout, self.phase).await;
+        }
+        if !io.has_buffered() {
+            let arrived = tokio::select! {
+                ready = io.socket().readable() => ready.is_ok(),
+                _ = reached(&mut self.phase, Phase::Drain) => false,
+                _ = tokio::time::sleep(self.idle_timeout) => false,
+            };
+            if !arrived {
+                return;
+            }
+        }
+        let conn = self
+            .current
+            .http1()
+            .serve_connection(TokioIo::new(io), service);
+        drive(conn, &activity, self.idle_timeout, self.phase).await
     }
 }
 
@@ -406,5 +454,41 @@ impl Lifecycle {
 impl Default for Lifecycle {
     fn default() -> Self {
         Self::new()
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every open connection holds its task's future for its whole life: the handshake and the
+    /// HTTP state must stay in boxes of their own, not inline in it.
+    #[tokio::test]
+    async fn connection_task_stays_small() {
+        let config = crate::config::Config::parse(
+            "server_name = \"a.test\"\n[backend]\nurl = \"http://127.0.0.1:1\"\n\
+             [listen]\nhttps = [\"127.0.0.1:0\"]\nfederation = []\n[tls]\nself_signed = true\n",
+        )
+        .unwrap()
+        .config;
+        let metrics = Arc::new(Metrics::new());
+        let server: SharedServer = Arc::new(arc_swap::ArcSwap::from_pointee(Server::new(
+            &config,
+            None,
+            metrics.clone(),
+            None,
+        )));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let settings = ConnSettings { tls: None, metrics };
+        let (_phase, rx) = watch::channel(Phase::Running);
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let task = serve_stream(stream, peer, Role::Https, server, &settings, rx);
+        assert!(size(&task) <= 512, "{} bytes", size(&task));
     }
 }

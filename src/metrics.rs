@@ -5,6 +5,7 @@
 //! are at most the ~60 registered ones, certificate names come from the config. Nothing from a
 //! request (path, host, origin) ever becomes a label.
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
@@ -162,7 +163,15 @@ pub struct ClassMetrics {
     pub duration: Histogram,
     pub request_bytes: Counter,
     pub response_bytes: Counter,
+    /// `requests{class, status}` for the statuses in [`COMMON_STATUSES`], each resolved on first
+    /// use, so that a series appears only once it has been counted.
+    common: [OnceLock<Counter>; COMMON_STATUSES.len()],
 }
+
+/// The statuses nearly every request ends with; any other is looked up in the family.
+const COMMON_STATUSES: [u16; 16] = [
+    200, 201, 204, 206, 301, 304, 400, 401, 403, 404, 413, 429, 499, 500, 502, 504,
+];
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -265,6 +274,7 @@ impl Metrics {
                     duration: duration.get_or_create(&label).clone(),
                     request_bytes: request_bytes.get_or_create(&label).clone(),
                     response_bytes: response_bytes.get_or_create(&label).clone(),
+                    common: Default::default(),
                 }
             })
             .collect();
@@ -288,6 +298,17 @@ impl Metrics {
     pub fn class(&self, class: RouteClass) -> &ClassMetrics {
         // `ALL` lists every variant in declaration order, so the index always exists.
         &self.per_class[class as usize]
+    }
+
+    /// Counts one answered request.
+    pub fn count_request(&self, class: RouteClass, status: u16) {
+        let labels = || RequestLabels { class, status };
+        match COMMON_STATUSES.iter().position(|s| *s == status) {
+            Some(i) => self.class(class).common[i]
+                .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                .inc(),
+            None => self.requests.get_or_create(&labels()).inc(),
+        };
     }
 
     /// The text exposition format (OpenMetrics text, which Prometheus reads).

@@ -24,7 +24,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
-use crate::metrics::{Metrics, RequestLabels, RouteClass};
+use crate::metrics::{Metrics, RouteClass};
 use crate::upstream::{BodySlot, UpstreamBody};
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
@@ -65,12 +65,7 @@ impl Drop for Finish {
             .unwrap_or(0);
         let m = &self.metrics;
         m.in_flight.dec();
-        m.requests
-            .get_or_create(&RequestLabels {
-                class: self.class,
-                status: self.status,
-            })
-            .inc();
+        m.count_request(self.class, self.status);
         let class = m.class(self.class);
         class.duration.observe(elapsed.as_secs_f64());
         if bytes_in > 0 {

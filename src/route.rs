@@ -246,6 +246,10 @@ fn match_key(path: &str) -> Cow<'_, str> {
 /// component behind an encoded slash or backslash (`..%2F`), which a backend that decodes before
 /// routing would treat as a step up.
 pub fn has_dot_segment(path: &str) -> bool {
+    // Most paths have neither a dot nor an escape anywhere: one scan settles them.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return false;
+    }
     path.split('/').any(|segment| {
         if !segment.contains('.') && !segment.contains('%') {
             return false;

@@ -8,7 +8,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -110,11 +109,16 @@ impl Server {
         req: Request<Incoming>,
         route: Route,
         peer: SocketAddr,
-        bytes_in: &Arc<AtomicU64>,
+        forwarded_for: &HeaderValue,
+        finish: &mut Finish,
     ) -> Response<ResponseBody> {
         let result = match route {
             Route::WellKnown(file) => Ok(self.well_known.respond(file, req.method())),
-            Route::Forward(_) => self.forwarder.forward(req, peer.ip(), bytes_in).await,
+            Route::Forward(_) => {
+                self.forwarder
+                    .forward(req, peer.ip(), forwarded_for, &mut finish.bytes_in)
+                    .await
+            }
             Route::RedirectToHttps => self.redirect(&req),
             Route::AcmeHttp01 => self.acme_http01(req.uri().path()),
             Route::Refuse(Refusal::DotSegment) => Err(ProxyError::DotSegment),
@@ -211,6 +215,8 @@ pub struct ConnService {
     server: SharedServer,
     role: Role,
     peer: SocketAddr,
+    /// The peer as `X-Forwarded-For` carries it, formatted once per connection.
+    forwarded_for: HeaderValue,
     activity: Arc<Activity>,
 }
 
@@ -225,6 +231,7 @@ impl ConnService {
             server,
             role,
             peer,
+            forwarded_for: crate::forward::forwarded_for_value(peer.ip()),
             activity,
         }
     }
@@ -241,6 +248,7 @@ impl Service<Request<Incoming>> for ConnService {
         let guard = self.activity.start();
         let server = self.server.load_full();
         let (role, peer) = (self.role, self.peer);
+        let forwarded_for = self.forwarded_for.clone();
         Box::pin(async move {
             server.metrics.in_flight.inc();
             let route = route::classify(
@@ -260,7 +268,6 @@ impl Service<Request<Incoming>> for ConnService {
                 }
                 _ => None,
             };
-            let bytes_in = Arc::new(AtomicU64::new(0));
             // Made before the backend is awaited: if the client goes away first, this future is
             // dropped, and the record still counts and logs the request (as 499, like nginx).
             let mut finish = Box::new(Finish {
@@ -274,10 +281,12 @@ impl Service<Request<Incoming>> for ConnService {
                 version,
                 peer,
                 origin,
-                bytes_in: Some(bytes_in.clone()),
+                bytes_in: None,
                 bytes_out: 0,
             });
-            let resp = server.handle(req, route, peer, &bytes_in).await;
+            let resp = server
+                .handle(req, route, peer, &forwarded_for, &mut finish)
+                .await;
             finish.status = resp.status().as_u16();
             Ok(resp.map(|body| body.with_finish(finish)))
         })

@@ -362,7 +362,9 @@ async fn reap(pool: std::sync::Weak<Pool>) {
         };
         let now = Instant::now();
         if let Ok(mut idle) = pool.idle.lock() {
-            idle.retain(|e| !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout);
+            idle.retain(|e| {
+                !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
+            });
         }
     }
 }
