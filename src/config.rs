@@ -36,6 +36,8 @@ pub struct Config {
     pub allow: Allow,
     /// Check the deployment from outside once certificates are served (`self_check`).
     pub self_check: bool,
+    /// Threads serving connections, each with its own share of the connections (`workers`).
+    pub workers: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

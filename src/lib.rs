@@ -47,6 +47,7 @@ pub mod supervisor;
 pub mod tls;
 pub mod upstream;
 pub mod wellknown;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,6 +73,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error(transparent)]
     Acme(#[from] acme::AcmeError),
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// The sockets of a proxy, bound before `run` so that callers (and tests binding port 0) know
@@ -184,6 +187,7 @@ pub async fn run(
         https_port,
     )));
     let lifecycle = Lifecycle::new();
+    let workers = Arc::new(workers::Workers::start(config.workers).map_err(StartError::Workers)?);
     let shared_config = Arc::new(ArcSwap::from_pointee(config));
     let mut state = reload::State {
         config: shared_config.clone(),
@@ -195,6 +199,7 @@ pub async fn run(
         phase: lifecycle.subscribe(),
         tracker: lifecycle.tracker.clone(),
         listeners: Default::default(),
+        workers: workers.clone(),
     };
     for bound in listeners.bound {
         state.spawn_listener(bound);
@@ -238,6 +243,10 @@ pub async fn run(
     let clean = lifecycle
         .shutdown(shared_config.load().limits.shutdown_grace)
         .await;
+    // Every connection has ended or been closed: the worker threads have nothing left to run.
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
+    }
     info!(clean, "stopped");
     Ok(())
 }

@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulConnection;
 use rustls::server::Acceptor;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use crate::metrics::{HandshakeResult, Metrics};
 use crate::route::Role;
 use crate::server::{ConnService, Server, SharedServer};
+use crate::workers::Workers;
 
 /// Where the process is in its life; connections watch it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -181,23 +182,30 @@ pub struct ConnSettings {
     pub metrics: Arc<Metrics>,
 }
 
-/// Accepts on one listener until the phase leaves `Running` or `stop` fires (the listener was
-/// removed by a reload; its open connections carry on).
+/// Accepts on one listener until the phase leaves `Running` or `stop` changes (the listener was
+/// removed by a reload; its open connections carry on). Each worker runs one of these on its own
+/// copy of the socket: the kernel hands each connection to one of them.
 pub async fn accept_loop(
-    bound: Bound,
+    socket: std::net::TcpListener,
+    role: Role,
     server: SharedServer,
     settings: ConnSettings,
     mut phase: watch::Receiver<Phase>,
-    mut stop: oneshot::Receiver<()>,
+    mut stop: watch::Receiver<bool>,
     tracker: mpsc::Sender<()>,
 ) {
-    let role = bound.role;
-    let local = bound.local_addr().ok();
+    let listener = match TcpListener::from_std(socket) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(role = role.as_str(), error = %e, "cannot accept on this worker");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
-            accepted = bound.listener.accept() => accepted,
+            accepted = listener.accept() => accepted,
             _ = reached(&mut phase, Phase::Drain) => break,
-            _ = &mut stop => break,
+            _ = stop.changed() => break,
         };
         let (stream, peer) = match accepted {
             Ok(x) => x,
@@ -223,9 +231,42 @@ pub async fn accept_loop(
             drop(tracker);
         });
     }
-    if let Some(local) = local {
-        info!(role = role.as_str(), %local, "stopped accepting");
+}
+
+/// Starts accepting on `bound` on every worker. Returns the switch that stops them all (send
+/// `true` or drop it).
+pub fn spawn_accept_loops(
+    bound: Bound,
+    workers: &Workers,
+    server: &SharedServer,
+    settings: &ConnSettings,
+    phase: &watch::Receiver<Phase>,
+    tracker: &mpsc::Sender<()>,
+) -> io::Result<watch::Sender<bool>> {
+    let (stop, stopped) = watch::channel(false);
+    let role = bound.role;
+    let socket = bound.listener.into_std()?;
+    let mut copies = Vec::with_capacity(workers.count());
+    for _ in 0..workers.count() {
+        copies.push(socket.try_clone()?);
     }
+    let mut copies = copies.into_iter();
+    workers.spawn_each(|_| {
+        let copy = copies.next();
+        let (server, settings, phase, stopped, tracker) = (
+            server.clone(),
+            settings.clone(),
+            phase.clone(),
+            stopped.clone(),
+            tracker.clone(),
+        );
+        async move {
+            if let Some(socket) = copy {
+                accept_loop(socket, role, server, settings, phase, stopped, tracker).await;
+            }
+        }
+    });
+    Ok(stop)
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

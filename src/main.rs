@@ -216,7 +216,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     for w in &loaded.warnings {
         tracing::warn!("{}: {w}", path.display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // The control plane: signals, reloads, ACME, the admin listener. Connections are served on
+    // the worker threads that `run` starts.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
@@ -228,3 +230,6 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

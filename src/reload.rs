@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::acme::AcmeHandle;
@@ -24,6 +24,7 @@ use crate::metrics::{Metrics, ReloadResult};
 use crate::route::Role;
 use crate::server::{Server, SharedServer};
 use crate::tls::{self, Resolver};
+use crate::workers::Workers;
 use crate::{Command, supervisor};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,29 +48,37 @@ pub struct State {
     pub phase: watch::Receiver<Phase>,
     pub tracker: mpsc::Sender<()>,
     /// Each accepting listener by (role, configured address), with the switch that stops it.
-    pub listeners: HashMap<(Role, SocketAddr), oneshot::Sender<()>>,
+    pub listeners: HashMap<(Role, SocketAddr), watch::Sender<bool>>,
+    /// The threads the listeners accept on.
+    pub workers: Arc<Workers>,
 }
 
 impl State {
     pub fn spawn_listener(&mut self, bound: Bound) {
-        let (stop, stopped) = oneshot::channel();
         let key = (bound.role, bound.configured);
-        if let Ok(addr) = bound.local_addr() {
-            info!(role = bound.role.as_str(), %addr, "listening on {addr}");
-        }
+        let addr = bound.local_addr().ok();
         let settings = ConnSettings {
             tls: (bound.role != Role::Http).then(|| self.tls.clone()),
             metrics: self.metrics.clone(),
         };
-        tokio::spawn(listener::accept_loop(
+        match listener::spawn_accept_loops(
             bound,
-            self.server.clone(),
-            settings,
-            self.phase.clone(),
-            stopped,
-            self.tracker.clone(),
-        ));
-        self.listeners.insert(key, stop);
+            &self.workers,
+            &self.server,
+            &settings,
+            &self.phase,
+            &self.tracker,
+        ) {
+            Ok(stop) => {
+                if let Some(addr) = addr {
+                    info!(role = key.0.as_str(), %addr, "listening on {addr}");
+                }
+                self.listeners.insert(key, stop);
+            }
+            Err(e) => {
+                error!(role = key.0.as_str(), address = %key.1, error = %e, "cannot accept on this listener")
+            }
+        }
     }
 
     /// Handles commands until a shutdown is asked for.
@@ -119,6 +128,9 @@ impl State {
         if old.listen.admin != new.listen.admin {
             warn!("a changed `listen.admin` takes effect at the next restart");
         }
+        if old.workers != new.workers {
+            warn!("a changed `workers` takes effect at the next restart");
+        }
 
         let wanted = wanted_listeners(&new);
         let mut added = Vec::new();
@@ -161,7 +173,8 @@ impl State {
             .collect();
         for key in &removed {
             if let Some(stop) = self.listeners.remove(key) {
-                let _ = stop.send(());
+                let _ = stop.send(true);
+                info!(role = key.0.as_str(), address = %key.1, "stopped accepting");
             }
         }
         let added_count = added.len();

@@ -61,7 +61,7 @@ impl Server {
             Some(0) | None => bound_https_port.unwrap_or(443),
             Some(port) => port,
         };
-        let upstream = Upstream::new(&config.backend);
+        let upstream = Upstream::new(&config.backend, config.workers);
         Server {
             policy: Policy::from_config(config),
             well_known: WellKnownFiles::new(config.well_known.clone()),

@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::config::{Backend, BackendTarget};
+use crate::workers;
 
 /// The body of a forwarded request: none (most requests), or the client's stream, counted and
 /// capped at `limits.max_body`.
@@ -186,15 +187,19 @@ pub struct Upstream {
     pool: Arc<Pool>,
 }
 
-/// Idle keep-alive connections to the backend, newest last: a request takes the most recently
-/// used one, whose socket is the least likely to have been closed by the backend meanwhile, and
+/// Idle keep-alive connections to the backend, one stack per worker thread: a backend connection
+/// is driven by the worker that opened it, and only requests on that worker use it again, so a
+/// request never waits on another thread. Newest last: a request takes the most recently used
+/// connection, whose socket is the least likely to have been closed by the backend meanwhile, and
 /// the oldest ones age out at the front.
 struct Pool {
     target: BackendTarget,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Per shard: `backend.pool_max_idle` split over the workers.
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    /// Index [`workers::current`]: 0 for threads that are not workers.
+    shards: Box<[Mutex<Vec<Idle>>]>,
 }
 
 struct Idle {
@@ -219,13 +224,15 @@ pub enum UpstreamError {
 const POOLED_TRIES: usize = 4;
 
 impl Upstream {
-    pub fn new(backend: &Backend) -> Self {
+    /// A pool for `workers` worker threads.
+    pub fn new(backend: &Backend, workers: usize) -> Self {
+        let workers = workers.max(1);
         let pool = Arc::new(Pool {
             target: backend.target.clone(),
             connect_timeout: backend.connect_timeout,
             idle_timeout: backend.pool_idle_timeout,
-            max_idle: backend.pool_max_idle,
-            idle: Mutex::new(Vec::new()),
+            max_idle: backend.pool_max_idle.div_ceil(workers),
+            shards: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
         });
         // Closes connections idle past the timeout even when no request comes to notice them.
         // Outside a runtime (unit tests that build a server without serving) there is nothing to
@@ -269,10 +276,16 @@ impl Upstream {
 }
 
 impl Pool {
+    /// The idle connections of the calling thread.
+    fn shard(&self) -> &Mutex<Vec<Idle>> {
+        let i = workers::current();
+        self.shards.get(i).unwrap_or(&self.shards[0])
+    }
+
     /// The most recently used live connection, if any. Expired and closed ones are dropped on
     /// the way, which closes them.
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.idle.lock().ok()?;
+        let mut idle = self.shard().lock().ok()?;
         let now = Instant::now();
         while let Some(entry) = idle.pop() {
             if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
@@ -287,7 +300,7 @@ impl Pool {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
-        let Ok(mut idle) = self.idle.lock() else {
+        let Ok(mut idle) = self.shard().lock() else {
             return;
         };
         if idle.len() >= self.max_idle {
@@ -361,10 +374,12 @@ async fn reap(pool: std::sync::Weak<Pool>) {
             return;
         };
         let now = Instant::now();
-        if let Ok(mut idle) = pool.idle.lock() {
-            idle.retain(|e| {
-                !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
-            });
+        for shard in &pool.shards {
+            if let Ok(mut idle) = shard.lock() {
+                idle.retain(|e| {
+                    !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
+                });
+            }
         }
     }
 }

@@ -29,6 +29,8 @@ pub(crate) struct RawConfig {
     /// Once a certificate is served, run `matrix-edge check` against `server_name` and log the
     /// report. Default false.
     pub self_check: Option<S<bool>>,
+    /// Threads serving connections. Default: one per CPU.
+    pub workers: Option<S<i64>>,
 }
 
 #[derive(Deserialize)]

@@ -28,6 +28,7 @@ key = "/etc/matrix-edge/privkey.pem"
 /// Every key of `raw.rs`, and every table written as a `[header]` so that the unknown-key
 /// mutation reaches each one. Valid and without warnings.
 const FULL: &str = r#"server_name = "example.com"
+workers = 4
 
 [backend]
 url = "http://127.0.0.1:8008"
@@ -347,6 +348,7 @@ fn explicit_tls_names_are_kept_and_normalised() {
 #[test]
 fn full_config_is_read_as_written() {
     let loaded = parse_ok(FULL);
+    assert_eq!(loaded.config.workers, 4);
     assert!(
         loaded.warnings.is_empty(),
         "FULL should not warn:\n{}",
@@ -504,6 +506,8 @@ const BAD_VALUES: &[(&str, &str)] = &[
     ("server_name", r#"server_name = """#),
     ("server_name", r#"server_name = "https://example.com""#),
     ("server_name", r#"server_name = "::1""#),
+    ("workers", "workers = 0"),
+    ("workers", "workers = 5000"),
     // backend
     ("backend.url", r#"url = "https://127.0.0.1:8008""#),
     ("backend.url", r#"url = "http://127.0.0.1:8008/synapse""#),
@@ -1358,4 +1362,12 @@ fn self_check_is_off_by_default_and_can_be_turned_on() {
     assert!(parse_ok(&text).config.self_check);
     let errors = parse_err(&format!("self_check = \"yes\"\n{MINIMAL}"));
     assert_eq!(errors[0].key, "self_check", "{}", render(&errors));
+}
+
+#[test]
+fn workers_default_to_one_per_cpu() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(parse_ok(MINIMAL).config.workers, cpus);
+    let errors = parse_err(&format!("workers = \"two\"\n{MINIMAL}"));
+    assert_eq!(errors[0].key, "workers", "{}", render(&errors));
 }

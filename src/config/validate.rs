@@ -182,6 +182,15 @@ impl Validator {
         if let (Some(server_name), Some(listen), Some(wk)) = (&server_name, &listen, &well_known) {
             self.federation_warnings(&raw, server_name, listen, wk);
         }
+        let workers = match &raw.workers {
+            None => default_workers(),
+            Some(v) => self
+                .check("workers", v, |n| match usize::try_from(*n) {
+                    Ok(n @ 1..=MAX_WORKERS) => Ok(n),
+                    _ => Err(format!("must be from 1 to {MAX_WORKERS}")),
+                })
+                .unwrap_or(1),
+        };
         Some(Config {
             server_name: server_name?,
             backend: backend?,
@@ -196,6 +205,7 @@ impl Validator {
                 .as_ref()
                 .map(|s| *s.get_ref())
                 .unwrap_or(false),
+            workers,
         })
     }
 
@@ -982,4 +992,12 @@ fn parse_base_url(s: &str) -> Result<String, String> {
             "`{s}` must be an absolute https:// (or http://) URL, e.g. \"https://matrix.example.com\""
         )),
     }
+}
+
+/// More threads than this would only add switching: the work is bounded by the CPUs.
+const MAX_WORKERS: usize = 1024;
+
+/// One worker per CPU the process may use.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

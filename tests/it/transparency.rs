@@ -208,7 +208,7 @@ async fn unix_socket_backend() {
 #[tokio::test]
 async fn keep_alive_to_the_backend_reuses_connections() {
     let backend = Backend::start().await;
-    let proxy = Proxy::builder(&backend.url()).start().await;
+    let proxy = Proxy::builder(&backend.url()).workers(1).start().await;
     // Five client connections, one after the other: the proxy keeps its backend connection.
     for _ in 0..5 {
         assert_eq!(get(&proxy, "/_matrix/client/versions").await.status, 200);
@@ -219,6 +219,22 @@ async fn keep_alive_to_the_backend_reuses_connections() {
         vec![0; 5],
         "each request opened a new backend connection"
     );
+}
+
+/// Each worker keeps backend connections of its own: with three workers, twelve client
+/// connections one after the other use at most three backend connections.
+#[tokio::test]
+async fn keep_alive_pool_is_per_worker() {
+    let backend = Backend::start().await;
+    let proxy = Proxy::builder(&backend.url()).workers(3).start().await;
+    for _ in 0..12 {
+        assert_eq!(get(&proxy, "/_matrix/client/versions").await.status, 200);
+    }
+    let mut conns: Vec<u64> = backend.log.all().iter().map(|r| r.conn).collect();
+    assert_eq!(conns.len(), 12);
+    conns.sort();
+    conns.dedup();
+    assert!(conns.len() <= 3, "backend connections used: {conns:?}");
 }
 
 /// An upload over h2 streams through, whether the backend reads the whole body before it

@@ -37,6 +37,7 @@ pub struct ProxyBuilder {
     backend_url: String,
     backend_extra: String,
     extra: String,
+    workers: Option<usize>,
     tls: Option<String>,
     ca: TestCa,
     dir: tempfile::TempDir,
@@ -80,6 +81,7 @@ impl Proxy {
             backend_url: backend_url.to_owned(),
             backend_extra: String::new(),
             extra: String::new(),
+            workers: None,
             tls: None,
             ca: TestCa::new(),
             dir: tempfile::tempdir().unwrap(),
@@ -126,6 +128,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Sets `workers` (the default is one per CPU).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.workers = Some(n);
+        self
+    }
+
     /// Replaces the generated `[tls]` table.
     pub fn tls(mut self, toml: &str) -> Self {
         self.tls = Some(toml.to_owned());
@@ -163,7 +171,7 @@ impl ProxyBuilder {
         let addrs = self.ports.as_ref().map(|p| p.addrs()).unwrap_or([any; 4]);
         let text = format!(
             r#"server_name = "example.test"
-
+{workers}
 [backend]
 url = "{backend}"
 {backend_extra}
@@ -183,6 +191,10 @@ admin = "{admin}"
             backend = self.backend_url,
             backend_extra = self.backend_extra,
             extra = self.extra,
+            workers = self
+                .workers
+                .map(|n| format!("workers = {n}"))
+                .unwrap_or_default(),
         );
         let loaded =
             Config::parse(&text).unwrap_or_else(|e| panic!("test config refused: {e:?}\n{text}"));
