@@ -309,7 +309,7 @@ async fn serve_stream(
                 Ok(Ok(Handshake::Http(tls))) => {
                     metrics.handshake(HandshakeResult::ok);
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-                    Box::pin(conn.serve(*tls, h2)).await
+                    Box::pin(conn.serve(tls, h2)).await
                 }
                 Ok(Ok(Handshake::AcmeChallenge)) => {
                     metrics.handshake(HandshakeResult::acme_challenge);
@@ -365,7 +365,8 @@ impl ClientStream for TcpStream {
     }
 }
 
-impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+// Boxed: the TLS state is large, and a connection's futures carry the stream through its life.
+impl ClientStream for Box<tokio_rustls::server::TlsStream<TcpStream>> {
     fn has_buffered(&mut self) -> bool {
         // Records that came with the handshake's last flight are decrypted now; on a TLS error
         // hyper gets the stream and reports it.
@@ -391,18 +392,11 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
+    /// Waits for the first request, then serves HTTP on a state of its own: while a connection
+    /// waits, only this small future and the stream exist.
     async fn serve<IO: ClientStream>(mut self, mut io: IO, h2: bool) {
-        let activity = Activity::new();
-        let service = ConnService::new(self.shared.clone(), self.role, self.peer, activity.clone());
-        if h2 {
-            // An h2 client sends its preface at once: nothing to wait for.
-            let conn = self
-                .current
-                .http2()
-                .serve_connection(TokioIo::new(io), service);
-            return drive(conn, &activity, self.idle_timeout, self.phase).await;
-        }
-        if !io.has_buffered() {
+        if !h2 && !io.has_buffered() {
+            // An h2 client sends its preface at once: it is never waited for.
             let arrived = tokio::select! {
                 ready = io.socket().readable() => ready.is_ok(),
                 _ = reached(&mut self.phase, Phase::Drain) => false,
@@ -412,11 +406,20 @@ impl Conn<'_> {
                 return;
             }
         }
-        let conn = self
-            .current
-            .http1()
-            .serve_connection(TokioIo::new(io), service);
-        drive(conn, &activity, self.idle_timeout, self.phase).await
+        Box::pin(self.http(io, h2)).await
+    }
+
+    async fn http<IO: ClientStream>(self, io: IO, h2: bool) {
+        let activity = Activity::new();
+        let service = ConnService::new(self.shared.clone(), self.role, self.peer, activity.clone());
+        let io = TokioIo::new(io);
+        if h2 {
+            let conn = self.current.http2().serve_connection(io, service);
+            drive(conn, &activity, self.idle_timeout, self.phase).await
+        } else {
+            let conn = self.current.http1().serve_connection(io, service);
+            drive(conn, &activity, self.idle_timeout, self.phase).await
+        }
     }
 }
 
