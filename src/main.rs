@@ -196,11 +196,24 @@ fn check_server(
     ExitCode::from(report.exit_code())
 }
 
+/// rustls warns once per handshake about what a client did wrong (an IP address sent as SNI, an
+/// unknown extension): noise an attacker controls. Such lines are off unless the filter names
+/// rustls itself.
+const QUIET_TLS: &str = "info,rustls=error";
+
+fn log_directives(env: Option<&str>) -> String {
+    match env.map(str::trim) {
+        None | Some("") => QUIET_TLS.to_owned(),
+        Some(d) if d.contains("rustls") => d.to_owned(),
+        Some(d) => format!("{d},rustls=error"),
+    }
+}
+
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("MATRIX_EDGE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let directives = log_directives(std::env::var("MATRIX_EDGE_LOG").ok().as_deref());
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new(QUIET_TLS));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
@@ -233,3 +246,18 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[cfg(test)]
+mod tests {
+    use super::log_directives;
+
+    #[test]
+    fn rustls_handshake_warnings_are_off_unless_asked_for() {
+        assert_eq!(log_directives(None), "info,rustls=error");
+        assert_eq!(log_directives(Some("warn")), "warn,rustls=error");
+        assert_eq!(
+            log_directives(Some("debug,rustls=debug")),
+            "debug,rustls=debug"
+        );
+    }
+}
