@@ -8,8 +8,8 @@
 
 use std::error::Error as StdError;
 use std::net::IpAddr;
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{
@@ -65,7 +65,7 @@ impl Forwarder {
         req: Request<Incoming>,
         peer: IpAddr,
         forwarded_for: &HeaderValue,
-        bytes_in: &mut Option<Arc<AtomicU64>>,
+        bytes_in: &OnceLock<Arc<AtomicU64>>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         if declared_length(req.headers()).is_some_and(|n| n > self.max_body) {
             return Err(ProxyError::TooLarge {
@@ -94,7 +94,7 @@ impl Forwarder {
             (RequestBody::Empty, None)
         } else {
             let slot = BodySlot::new(body, parts.version);
-            let count = bytes_in.get_or_insert_with(Default::default).clone();
+            let count = bytes_in.get_or_init(Default::default).clone();
             let client = ClientBody::new(slot.clone(), count);
             let limited = Limited::new(client, self.max_body as usize);
             (RequestBody::Client(limited), Some(slot))

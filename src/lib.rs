@@ -21,6 +21,7 @@
 //!
 //! - [`config`]: the TOML file, validated into types at start and on each reload.
 //! - [`listener`]: sockets, accept loops, connection lifetimes, drain on shutdown.
+//! - [`workers`]: the threads connections are served on, one single-threaded runtime each.
 //! - [`tls`]: certificates and the rustls configuration.
 //! - [`acme`]: certificates obtained and renewed by ACME.
 //! - [`server`]: hyper settings and the dispatch of a request to its stage.

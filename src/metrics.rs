@@ -12,10 +12,11 @@ use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::route::{Class, Route};
+
+mod sharded;
 
 /// What a request was, for metrics and the access log.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -160,12 +161,12 @@ pub struct ReloadLabels {
 
 /// The per-class series, looked up once at start instead of on every request.
 pub struct ClassMetrics {
-    pub duration: Histogram,
-    pub request_bytes: Counter,
-    pub response_bytes: Counter,
+    pub duration: sharded::Histogram,
+    pub request_bytes: sharded::Counter,
+    pub response_bytes: sharded::Counter,
     /// `requests{class, status}` for the statuses in [`COMMON_STATUSES`], each resolved on first
     /// use, so that a series appears only once it has been counted.
-    common: [OnceLock<Counter>; COMMON_STATUSES.len()],
+    common: [OnceLock<sharded::Counter>; COMMON_STATUSES.len()],
 }
 
 /// The statuses nearly every request ends with; any other is looked up in the family.
@@ -177,11 +178,12 @@ const COMMON_STATUSES: [u16; 16] = [
 pub struct Metrics {
     per_class: Vec<ClassMetrics>,
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub duration: Family<ClassLabel, Histogram>,
-    pub in_flight: Gauge,
-    pub request_bytes: Family<ClassLabel, Counter>,
-    pub response_bytes: Family<ClassLabel, Counter>,
+    // Written on every request: per-worker cells, see `sharded`.
+    pub requests: Family<RequestLabels, sharded::Counter>,
+    pub duration: Family<ClassLabel, sharded::Histogram>,
+    pub in_flight: sharded::Gauge,
+    pub request_bytes: Family<ClassLabel, sharded::Counter>,
+    pub response_bytes: Family<ClassLabel, sharded::Counter>,
     pub backend_errors: Family<BackendErrorLabels, Counter>,
     pub handshakes: Family<HandshakeLabels, Counter>,
     pub connections_open: Gauge,
@@ -201,34 +203,32 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("matrix_edge");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, sharded::Counter>::default();
         registry.register(
             "requests",
             "Requests answered, by route class and status",
             requests.clone(),
         );
         // 1 ms to ~65 s; longer requests (state, send_join, long-polling sync) land in +Inf.
-        let duration = Family::<ClassLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.001, 2.0, 17))
-        });
+        let duration = Family::<ClassLabel, sharded::Histogram>::default();
         registry.register(
             "request_duration_seconds",
             "Time from request head to the end of the response body, by route class",
             duration.clone(),
         );
-        let in_flight = Gauge::default();
+        let in_flight = sharded::Gauge::default();
         registry.register(
             "requests_in_flight",
             "Requests being answered",
             in_flight.clone(),
         );
-        let request_bytes = Family::<ClassLabel, Counter>::default();
+        let request_bytes = Family::<ClassLabel, sharded::Counter>::default();
         registry.register(
             "request_body_bytes",
             "Request body bytes received from clients, by route class",
             request_bytes.clone(),
         );
-        let response_bytes = Family::<ClassLabel, Counter>::default();
+        let response_bytes = Family::<ClassLabel, sharded::Counter>::default();
         registry.register(
             "response_body_bytes",
             "Response body bytes sent to clients, by route class",

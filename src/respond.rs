@@ -16,15 +16,16 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::uri::PathAndQuery;
 use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
-use crate::metrics::{Metrics, RouteClass};
+use crate::metrics::RouteClass;
+use crate::server::Server;
 use crate::upstream::{BodySlot, UpstreamBody};
 
 /// The body of every response the proxy sends: bytes it made, or the backend's stream.
@@ -41,7 +42,8 @@ pub struct ResponseBody {
 pub struct Finish {
     /// Marks the request as in flight on its connection.
     pub(crate) _guard: ActivityGuard,
-    pub(crate) metrics: Arc<Metrics>,
+    /// The server the request was answered with (its metrics are counted in).
+    pub(crate) server: Arc<Server>,
     pub(crate) start: Instant,
     pub(crate) class: RouteClass,
     pub(crate) status: u16,
@@ -51,7 +53,8 @@ pub struct Finish {
     pub(crate) version: Version,
     pub(crate) peer: SocketAddr,
     pub(crate) origin: Option<String>,
-    pub(crate) bytes_in: Option<Arc<AtomicU64>>,
+    /// Set once the request is found to have a body: its bytes streamed to the backend.
+    pub(crate) bytes_in: OnceLock<Arc<AtomicU64>>,
     pub(crate) bytes_out: u64,
 }
 
@@ -60,14 +63,14 @@ impl Drop for Finish {
         let elapsed = self.start.elapsed();
         let bytes_in = self
             .bytes_in
-            .as_ref()
+            .get()
             .map(|b| b.load(Ordering::Relaxed))
             .unwrap_or(0);
-        let m = &self.metrics;
+        let m = self.server.metrics();
         m.in_flight.dec();
         m.count_request(self.class, self.status);
         let class = m.class(self.class);
-        class.duration.observe(elapsed.as_secs_f64());
+        class.duration.observe(elapsed);
         if bytes_in > 0 {
             class.request_bytes.inc_by(bytes_in);
         }

@@ -7,7 +7,8 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -83,6 +84,10 @@ impl Server {
         &self.limits
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn backend(&self) -> &BackendTarget {
         &self.backend
     }
@@ -110,13 +115,13 @@ impl Server {
         route: Route,
         peer: SocketAddr,
         forwarded_for: &HeaderValue,
-        finish: &mut Finish,
+        bytes_in: &OnceLock<Arc<AtomicU64>>,
     ) -> Response<ResponseBody> {
         let result = match route {
             Route::WellKnown(file) => Ok(self.well_known.respond(file, req.method())),
             Route::Forward(_) => {
                 self.forwarder
-                    .forward(req, peer.ip(), forwarded_for, &mut finish.bytes_in)
+                    .forward(req, peer.ip(), forwarded_for, bytes_in)
                     .await
             }
             Route::RedirectToHttps => self.redirect(&req),
@@ -272,7 +277,7 @@ impl Service<Request<Incoming>> for ConnService {
             // dropped, and the record still counts and logs the request (as 499, like nginx).
             let mut finish = Box::new(Finish {
                 _guard: guard,
-                metrics: server.metrics.clone(),
+                server,
                 start,
                 class,
                 status: CLIENT_CLOSED,
@@ -281,11 +286,12 @@ impl Service<Request<Incoming>> for ConnService {
                 version,
                 peer,
                 origin,
-                bytes_in: None,
+                bytes_in: OnceLock::new(),
                 bytes_out: 0,
             });
-            let resp = server
-                .handle(req, route, peer, &forwarded_for, &mut finish)
+            let resp = finish
+                .server
+                .handle(req, route, peer, &forwarded_for, &finish.bytes_in)
                 .await;
             finish.status = resp.status().as_u16();
             Ok(resp.map(|body| body.with_finish(finish)))

@@ -196,10 +196,16 @@ struct Pool {
     target: BackendTarget,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    /// Per shard: `backend.pool_max_idle` split over the workers.
-    max_idle: usize,
     /// Index [`workers::current`]: 0 for threads that are not workers.
-    shards: Box<[Mutex<Vec<Idle>>]>,
+    shards: Box<[Arc<Shard>]>,
+}
+
+/// One worker's idle connections. Shared (an `Arc`) with the response bodies that will bring
+/// their connection back, so that a request touches only its own worker's reference count.
+struct Shard {
+    idle: Mutex<Vec<Idle>>,
+    /// `backend.pool_max_idle` split over the workers.
+    max_idle: usize,
 }
 
 struct Idle {
@@ -231,8 +237,14 @@ impl Upstream {
             target: backend.target.clone(),
             connect_timeout: backend.connect_timeout,
             idle_timeout: backend.pool_idle_timeout,
-            max_idle: backend.pool_max_idle.div_ceil(workers),
-            shards: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            shards: (0..=workers)
+                .map(|_| {
+                    Arc::new(Shard {
+                        idle: Mutex::new(Vec::new()),
+                        max_idle: backend.pool_max_idle.div_ceil(workers),
+                    })
+                })
+                .collect(),
         });
         // Closes connections idle past the timeout even when no request comes to notice them.
         // Outside a runtime (unit tests that build a server without serving) there is nothing to
@@ -277,7 +289,7 @@ impl Upstream {
 
 impl Pool {
     /// The idle connections of the calling thread.
-    fn shard(&self) -> &Mutex<Vec<Idle>> {
+    fn shard(&self) -> &Arc<Shard> {
         let i = workers::current();
         self.shards.get(i).unwrap_or(&self.shards[0])
     }
@@ -285,7 +297,7 @@ impl Pool {
     /// The most recently used live connection, if any. Expired and closed ones are dropped on
     /// the way, which closes them.
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.shard().lock().ok()?;
+        let mut idle = self.shard().idle.lock().ok()?;
         let now = Instant::now();
         while let Some(entry) = idle.pop() {
             if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
@@ -295,30 +307,13 @@ impl Pool {
         None
     }
 
-    /// Puts a connection whose exchange has ended back for the next request.
-    fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        let Ok(mut idle) = self.shard().lock() else {
-            return;
-        };
-        if idle.len() >= self.max_idle {
-            // The oldest goes: it is the one most likely to be closed by the backend soon.
-            idle.remove(0);
-        }
-        idle.push(Idle {
-            sender,
-            since: Instant::now(),
-        });
-    }
-
     fn attach(
-        self: &Arc<Self>,
+        &self,
         resp: http::Response<Incoming>,
         sender: SendRequest<RequestBody>,
     ) -> http::Response<UpstreamBody> {
-        resp.map(|body| UpstreamBody::new(body, sender, self.clone()))
+        let shard = self.shard().clone();
+        resp.map(|body| UpstreamBody::new(body, sender, shard))
     }
 
     async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
@@ -362,6 +357,26 @@ impl Pool {
     }
 }
 
+impl Shard {
+    /// Puts a connection whose exchange has ended back for the next request.
+    fn checkin(&self, sender: SendRequest<RequestBody>) {
+        if sender.is_closed() || self.max_idle == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= self.max_idle {
+            // The oldest goes: it is the one most likely to be closed by the backend soon.
+            idle.remove(0);
+        }
+        idle.push(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+}
+
 /// Drops idle connections past `idle_timeout`, every half timeout, until the pool is gone.
 async fn reap(pool: std::sync::Weak<Pool>) {
     let period = match pool.upgrade() {
@@ -375,7 +390,7 @@ async fn reap(pool: std::sync::Weak<Pool>) {
         };
         let now = Instant::now();
         for shard in &pool.shards {
-            if let Ok(mut idle) = shard.lock() {
+            if let Ok(mut idle) = shard.idle.lock() {
                 idle.retain(|e| {
                     !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
                 });
@@ -389,14 +404,14 @@ async fn reap(pool: std::sync::Weak<Pool>) {
 /// since the rest of the response would still be on the wire).
 pub struct UpstreamBody {
     body: Incoming,
-    home: Option<(SendRequest<RequestBody>, Arc<Pool>)>,
+    home: Option<(SendRequest<RequestBody>, Arc<Shard>)>,
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, sender: SendRequest<RequestBody>, pool: Arc<Pool>) -> Self {
+    fn new(body: Incoming, sender: SendRequest<RequestBody>, shard: Arc<Shard>) -> Self {
         let mut this = UpstreamBody {
             body,
-            home: Some((sender, pool)),
+            home: Some((sender, shard)),
         };
         if http_body::Body::is_end_stream(&this.body) {
             this.release();
@@ -405,8 +420,8 @@ impl UpstreamBody {
     }
 
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.home.take() {
-            pool.checkin(sender);
+        if let Some((sender, shard)) = self.home.take() {
+            shard.checkin(sender);
         }
     }
 }
