@@ -279,7 +279,8 @@ impl Upstream {
                 },
             }
         }
-        let mut sender = self.pool.connect().await?;
+        // Boxed: connecting is rare on a warm pool, and its future is most of this one's size.
+        let mut sender = Box::pin(self.pool.connect()).await?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.pool.attach(resp, sender)),
             Err(e) => Err(UpstreamError::Exchange(e)),
