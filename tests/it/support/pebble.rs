@@ -55,55 +55,66 @@ impl Pebble {
         let api = api_ca.issue(dir, "pebble-api", &["localhost", "127.0.0.1"]);
         let api_ca_pem = dir.join("pebble-api-ca.pem");
         api_ca.write_pem(&api_ca_pem);
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = serde_json::json!({
-            "pebble": {
-                "listenAddress": listen.to_string(),
-                "managementListenAddress": management.to_string(),
-                "certificate": api.cert,
-                "privateKey": api.key,
-                "httpPort": http_port,
-                "tlsPort": tls_port,
-                "ocspResponderURL": "",
-                "externalAccountBindingRequired": false
+        // A port picked by `free_port` can be taken by a parallel test before Pebble binds it;
+        // Pebble then exits at once, and a new pair of ports is tried.
+        let mut last_log = String::new();
+        for _attempt in 0..3 {
+            let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let management: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            let config = serde_json::json!({
+                "pebble": {
+                    "listenAddress": listen.to_string(),
+                    "managementListenAddress": management.to_string(),
+                    "certificate": api.cert,
+                    "privateKey": api.key,
+                    "httpPort": http_port,
+                    "tlsPort": tls_port,
+                    "ocspResponderURL": "",
+                    "externalAccountBindingRequired": false
+                }
+            });
+            let config_path = dir.join("pebble.json");
+            std::fs::write(&config_path, config.to_string()).unwrap();
+            let log = dir.join("pebble.log");
+            let child = Command::new("pebble")
+                .arg("-config")
+                .arg(&config_path)
+                .arg("-dnsserver")
+                .arg(dns.to_string())
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::from(
+                    std::fs::File::options().append(true).open(&log).unwrap(),
+                ))
+                .spawn()
+                .expect("`pebble` not found: scripts/test installs Debian's pebble package");
+            let mut child = child;
+            // Bounded wait for the directory to accept connections.
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(listen).await.is_ok()
+                    && tokio::net::TcpStream::connect(management).await.is_ok()
+                {
+                    return Pebble {
+                        child,
+                        directory: format!("https://127.0.0.1:{}/dir", listen.port()),
+                        management,
+                        api_ca_pem,
+                        api_ca,
+                        log,
+                    };
+                }
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        });
-        let config_path = dir.join("pebble.json");
-        std::fs::write(&config_path, config.to_string()).unwrap();
-        let log = dir.join("pebble.log");
-        let child = Command::new("pebble")
-            .arg("-config")
-            .arg(&config_path)
-            .arg("-dnsserver")
-            .arg(dns.to_string())
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .env("PEBBLE_WFE_NONCEREJECT", "0")
-            .env("PEBBLE_AUTHZREUSE", "0")
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::from(
-                std::fs::File::options().append(true).open(&log).unwrap(),
-            ))
-            .spawn()
-            .expect("`pebble` not found: scripts/test installs Debian's pebble package");
-        let pebble = Pebble {
-            child,
-            directory: format!("https://127.0.0.1:{}/dir", listen.port()),
-            management,
-            api_ca_pem,
-            api_ca,
-            log,
-        };
-        // Bounded wait for the directory to accept connections.
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(listen).await.is_ok()
-                && tokio::net::TcpStream::connect(management).await.is_ok()
-            {
-                return pebble;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = child.kill();
+            let _ = child.wait();
+            last_log = std::fs::read_to_string(&log).unwrap_or_default();
         }
-        panic!("pebble did not start listening within 10s");
+        panic!("pebble did not start listening (3 tries, 10 s each); last log:\n{last_log}");
     }
 
     /// Pebble's root certificate (new on every start), from its management API.
