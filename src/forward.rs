@@ -27,11 +27,11 @@ use crate::upstream::{BodySlot, ClientBody, RequestBody, Upstream, UpstreamError
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Forwards requests to one backend.
 #[derive(Clone)]
@@ -194,53 +194,78 @@ fn client_host(parts: &http::request::Parts) -> Option<HeaderValue> {
     parts.headers.get(HOST).cloned()
 }
 
-/// The hop-by-hop headers of RFC 9110 §7.6.1 and their old relatives. `Expect` is among them:
-/// the proxy answers `100-continue` itself.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == CONNECTION
-        || name == TE
-        || name == TRAILER
-        || name == TRANSFER_ENCODING
-        || name == UPGRADE
-        || name == EXPECT
-        || name == http::header::PROXY_AUTHORIZATION
-        || name == http::header::PROXY_AUTHENTICATE
-        || name == KEEP_ALIVE
-        || name == PROXY_CONNECTION
-}
+/// The hop-by-hop headers of RFC 9110 §7.6.1 and their old relatives; `Connection` first.
+/// `Expect` is among them: the proxy answers `100-continue` itself.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    CONNECTION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
+    EXPECT,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::PROXY_AUTHENTICATE,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+];
 
 /// Forwarding headers a client may not set itself unless it is a trusted proxy. Synapse believes
 /// the leftmost `X-Forwarded-For` entry; the others are dropped from an untrusted peer.
-fn is_spoofable(name: &HeaderName) -> bool {
-    name == X_FORWARDED_HOST || name == X_REAL_IP || name == FORWARDED
-}
+static SPOOFABLE: [HeaderName; 3] = [X_FORWARDED_HOST, X_REAL_IP, FORWARDED];
 
 /// Removes the headers that describe one hop, not the message, including any named in
-/// `Connection`. One pass over the names finds them: most messages carry none but `Connection`.
+/// `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     strip(headers, false);
 }
 
+// One pass over the names, no hashing, finds what to remove: most messages carry nothing of it
+// but `Connection: keep-alive`, whose token names no other header.
 fn strip(headers: &mut HeaderMap, spoofable_too: bool) {
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut found: u16 = 0;
     for name in headers.keys() {
-        if is_hop_by_hop(name) || (spoofable_too && is_spoofable(name)) {
-            doomed.push(name.clone());
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            found |= 1 << i;
+        } else if spoofable_too && let Some(i) = SPOOFABLE.iter().position(|h| h == name) {
+            found |= 1 << (HOP_BY_HOP.len() + i);
         }
     }
-    if doomed.is_empty() {
+    if found == 0 {
         return;
     }
-    let named = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        // Never let a client strip what the proxy vouches for or what signs the request.
-        .filter(|name| name != http::header::AUTHORIZATION && name != HOST);
-    doomed.extend(named.collect::<Vec<_>>());
-    for name in doomed {
+    let mut named: Vec<HeaderName> = Vec::new();
+    if found & 1 != 0 {
+        let tokens = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim);
+        for token in tokens {
+            // `close` names no header, and the fixed ones go anyway.
+            if token.is_empty()
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|h| token.eq_ignore_ascii_case(h.as_str()))
+            {
+                continue;
+            }
+            // Never let a client strip what the proxy vouches for or what signs the request.
+            if let Ok(name) = HeaderName::from_bytes(token.as_bytes())
+                && name != http::header::AUTHORIZATION
+                && name != HOST
+            {
+                named.push(name);
+            }
+        }
+    }
+    for (i, name) in HOP_BY_HOP.iter().chain(SPOOFABLE.iter()).enumerate() {
+        if found & (1 << i) != 0 {
+            headers.remove(name);
+        }
+    }
+    for name in named {
         headers.remove(name);
     }
 }
