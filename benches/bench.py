@@ -2,9 +2,10 @@
 
 Every proxy gets the same ECDSA P-256 certificate, 2 workers/threads, h1+h2 on one TLS port,
 /_matrix forwarded untouched with X-Forwarded-* set, a 50 MiB body limit and keep-alive to the
-backend. The scenarios run alternately (A B C A B C ...) so that drift on a shared machine hits
-every proxy alike; the report gives medians, spreads and ratios to nginx. CPU time per request
-comes from /proc (utime+stime of every process of the proxy), the steadiest figure here.
+backend. The proxies run alternately, figure by figure (A B C for one figure, then A B C for the
+next, the order rotating every round), so that drift on a shared machine hits every proxy alike;
+the report gives medians, spreads and ratios to nginx. CPU time per request comes from /proc
+(utime+stime of every process of the proxy), the steadiest figure here.
 """
 
 import argparse
@@ -320,26 +321,34 @@ def main():
             procs[name] = start(name, work)
         for port in PORTS.values():
             wait_port(port)
+        names = list(PORTS)
         for r in range(args.rounds):
-            for name, port in PORTS.items():
-                proc = procs[name]
-                figures = {}
-                errors = 0
-                for step in (lambda: keepalive(port, proc, args.seconds), lambda: new_tls(port, proc, args.seconds),
-                             lambda: h2(port, proc, args.seconds)):
-                    out = step()
-                    errors += out.pop("errors", 0)
-                    figures.update(out)
-                figures.update(transfer(port))
+            # Each figure is measured for the three proxies back to back, seconds apart, so that
+            # the shared machine's drift falls on all three alike; the order rotates every round
+            # so that no proxy always goes first.
+            order = names[r % len(names):] + names[:r % len(names)]
+            figures = {name: {"errors": 0} for name in names}
+            steps = [
+                lambda name: keepalive(PORTS[name], procs[name], args.seconds),
+                lambda name: new_tls(PORTS[name], procs[name], args.seconds),
+                lambda name: h2(PORTS[name], procs[name], args.seconds),
+                lambda name: transfer(PORTS[name]),
+            ]
+            for step in steps:
+                for name in order:
+                    out = step(name)
+                    figures[name]["errors"] += out.pop("errors", 0)
+                    figures[name].update(out)
+            for name in order:
                 # Memory from a fresh process: allocators keep what earlier rounds used, and a
                 # warm process would reuse it for the new connections and show no growth.
-                proc.stop()
-                procs[name] = proc = start(name, work)
-                wait_port(port)
-                figures.update(idle_memory(port, proc))
-                figures["errors"] = errors
-                results[name].append(figures)
-                print(f"round {r + 1}/{args.rounds} {name}: " + ", ".join(f"{k}={v:.1f}" for k, v in figures.items() if v is not None), flush=True)
+                procs[name].stop()
+                procs[name] = start(name, work)
+                wait_port(PORTS[name])
+                figures[name].update(idle_memory(PORTS[name], procs[name]))
+            for name in names:
+                results[name].append(figures[name])
+                print(f"round {r + 1}/{args.rounds} {name}: " + ", ".join(f"{k}={v:.1f}" for k, v in figures[name].items() if v is not None), flush=True)
             ref = keepalive(BACKEND, procs["backend"], args.seconds, scheme="http")
             ref.update(transfer(BACKEND, scheme="http"))
             direct.append(ref)
@@ -367,7 +376,8 @@ def report(results, direct, args):
         "",
         "Versions: " + "; ".join(versions.values()) + ".",
         "",
-        f"{args.rounds} rounds, alternating matrix-edge / nginx / HAProxy, {args.seconds} s per load figure. "
+        f"{args.rounds} rounds; within a round each figure is measured for the three proxies back to back, "
+        f"in an order that rotates every round; {args.seconds} s per load figure. "
         "Medians; ± is the spread (max − min) as a percentage of the median; ratios are to nginx "
         "(above 1 is better for throughput, below 1 is better for latency, CPU and memory).",
         "",
