@@ -72,14 +72,47 @@ async fn leaf(
         .into_owned())
 }
 
+/// A backend, a DNS server for the test names, and Pebble validating on the TLS and HTTP ports
+/// of `ports`, which the proxy under test is to serve.
+struct AcmeWorld {
+    backend: Backend,
+    _dns: TestDns,
+    work: tempfile::TempDir,
+    ports: Ports,
+    pebble: Pebble,
+    /// The ACME cache directory (not created).
+    cache: std::path::PathBuf,
+}
+
+impl AcmeWorld {
+    async fn start() -> AcmeWorld {
+        let backend = Backend::start().await;
+        let dns = dns().await;
+        let work = tempfile::tempdir().unwrap();
+        let ports = Ports::any();
+        let [https, _, http, _] = ports.addrs();
+        let pebble = Pebble::start(work.path(), dns.addr, http.port(), https.port()).await;
+        let cache = work.path().join("acme");
+        AcmeWorld {
+            backend,
+            _dns: dns,
+            work,
+            ports,
+            pebble,
+            cache,
+        }
+    }
+}
+
 async fn issues_and_serves(challenge: &str) {
-    let backend = Backend::start().await;
-    let dns = dns().await;
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::any();
-    let [https, _, http, _] = ports.addrs();
-    let pebble = Pebble::start(work.path(), dns.addr, http.port(), https.port()).await;
-    let cache = work.path().join("acme");
+    let AcmeWorld {
+        backend,
+        _dns,
+        work: _work,
+        ports,
+        pebble,
+        cache,
+    } = AcmeWorld::start().await;
     let proxy = Proxy::builder(&backend.url())
         .ports(ports)
         .tls(&acme_tls(
@@ -125,13 +158,14 @@ async fn http_01_one_certificate_for_two_names_on_every_tls_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_with_a_cached_certificate_makes_no_new_order() {
-    let backend = Backend::start().await;
-    let dns = dns().await;
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::any();
-    let [https, _, http, _] = ports.addrs();
-    let pebble = Pebble::start(work.path(), dns.addr, http.port(), https.port()).await;
-    let cache = work.path().join("acme");
+    let AcmeWorld {
+        backend,
+        _dns,
+        work: _work,
+        ports,
+        pebble,
+        cache,
+    } = AcmeWorld::start().await;
     let tls = acme_tls(&pebble.directory, &pebble.api_ca_pem, &cache, "tls-alpn-01");
     let mut first = Proxy::builder(&backend.url())
         .ports(ports)
@@ -162,13 +196,14 @@ async fn restart_with_a_cached_certificate_makes_no_new_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_expiry_cached_certificate_is_renewed_while_serving() {
-    let backend = Backend::start().await;
-    let dns = dns().await;
-    let work = tempfile::tempdir().unwrap();
-    let ports = Ports::any();
-    let [https, _, http, _] = ports.addrs();
-    let pebble = Pebble::start(work.path(), dns.addr, http.port(), https.port()).await;
-    let cache = work.path().join("acme");
+    let AcmeWorld {
+        backend,
+        _dns,
+        work: _work,
+        ports,
+        pebble,
+        cache,
+    } = AcmeWorld::start().await;
     std::fs::create_dir(&cache).unwrap();
     // A cached certificate from another CA, 89 days into 90: past its renewal point.
     let old_ca = crate::support::pki::TestCa::new();

@@ -149,6 +149,15 @@ fn assert_fails(r: &Report, id: CheckId, words: &[&str]) {
     assert_eq!(r.exit_code(), 1, "{}", text(r));
 }
 
+/// No discovery step asked anything containing `what`.
+fn assert_never_asked(r: &Report, what: &str) {
+    assert!(
+        !r.discovery.steps.iter().any(|s| s.asked.contains(what)),
+        "asked for {what}: {}",
+        text(r)
+    );
+}
+
 /// The federation checks of one target all passed.
 fn assert_target_ok(r: &Report, addr: &str) {
     for id in [
@@ -323,14 +332,7 @@ async fn check_matrix_fed_srv_keeps_the_server_name() {
             .all(|s| s.sni.as_deref() == Some("srv.test"))
     );
     // The legacy name is never asked once `_matrix-fed` has a record.
-    assert!(
-        !r.discovery
-            .steps
-            .iter()
-            .any(|s| s.asked.contains("_matrix._tcp")),
-        "{}",
-        text(&r)
-    );
+    assert_never_asked(&r, "_matrix._tcp");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -379,14 +381,7 @@ async fn check_servfail_on_matrix_fed_does_not_fall_through() {
         legacy.seen.all().is_empty() && plain.seen.all().is_empty(),
         "nothing may be contacted after a failed _matrix-fed lookup"
     );
-    assert!(
-        !r.discovery
-            .steps
-            .iter()
-            .any(|s| s.asked.contains("_matrix._tcp")),
-        "{}",
-        text(&r)
-    );
+    assert_never_asked(&r, "_matrix._tcp");
 }
 
 /// The other "present but unusable" answer: RFC 2782's `.` target.
@@ -437,12 +432,7 @@ async fn check_ip_literal_sends_no_sni() {
         seen.iter()
             .all(|s| s.host.as_deref() == Some(name.as_str()))
     );
-    assert!(
-        r.discovery
-            .steps
-            .iter()
-            .all(|s| !s.asked.contains("well-known"))
-    );
+    assert_never_asked(&r, "well-known");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

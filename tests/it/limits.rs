@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::client::h2_connect;
-use crate::support::{Backend, Proxy, connect, get, h1};
+use crate::support::{Backend, Proxy, get, h1};
 
 #[tokio::test]
 async fn body_over_limit_refused_up_front() {
@@ -40,14 +40,7 @@ async fn body_over_limit_refused_when_crossed_h1_chunked() {
         .extra("[limits]\nmax_body = \"1M\"")
         .start()
         .await;
-    let mut tls = connect(
-        proxy.https,
-        "example.test",
-        proxy.roots.clone(),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let mut tls = proxy.h1_stream().await;
     tls.write_all(b"POST /_matrix/media/v3/upload HTTP/1.1\r\nHost: example.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
@@ -168,14 +161,7 @@ async fn slow_request_head_closed_after_header_timeout() {
         .extra("[limits]\nheader_read_timeout = \"1s\"")
         .start()
         .await;
-    let mut tls = connect(
-        proxy.https,
-        "example.test",
-        proxy.roots.clone(),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let mut tls = proxy.h1_stream().await;
     tls.write_all(b"GET /_matrix/client/versions HTTP/1.1\r\nHost: exa")
         .await
         .unwrap();

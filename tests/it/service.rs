@@ -12,6 +12,11 @@ async fn admin(proxy: &Proxy, path: &str) -> crate::support::RawResponse {
     raw_h1(&mut tcp, req.as_bytes()).await
 }
 
+/// The `/metrics` text of the admin listener.
+async fn metrics(proxy: &Proxy) -> String {
+    String::from_utf8(admin(proxy, "/metrics").await.body).unwrap()
+}
+
 fn free_addr() -> std::net::SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -75,10 +80,10 @@ async fn reload_swaps_configuration_and_listeners() {
         "removed listener still accepts"
     );
     assert_eq!(in_flight.await.unwrap().status, 200);
-    let metrics = String::from_utf8(admin(&proxy, "/metrics").await.body).unwrap();
+    let text = metrics(&proxy).await;
     assert!(
-        metrics.contains("matrix_edge_reloads_total{result=\"ok\"} 1"),
-        "{metrics}"
+        text.contains("matrix_edge_reloads_total{result=\"ok\"} 1"),
+        "{text}"
     );
 }
 
@@ -100,10 +105,10 @@ async fn refused_reload_keeps_the_old_configuration() {
         get(&proxy, "/.well-known/matrix/server").await.json()["m.server"],
         "old.example.test:443"
     );
-    let metrics = String::from_utf8(admin(&proxy, "/metrics").await.body).unwrap();
+    let text = metrics(&proxy).await;
     assert!(
-        metrics.contains("matrix_edge_reloads_total{result=\"refused\"} 1"),
-        "{metrics}"
+        text.contains("matrix_edge_reloads_total{result=\"refused\"} 1"),
+        "{text}"
     );
 }
 
@@ -124,14 +129,7 @@ async fn certificate_files_are_picked_up_when_they_change() {
     let proxy = builder.tls(&tls).start().await;
     let names =
         |der: &rustls::pki_types::CertificateDer<'_>| matrix_edge::tls::leaf_facts(der).unwrap().0;
-    let before = connect(
-        proxy.https,
-        "example.test",
-        proxy.roots.clone(),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let before = proxy.h1_stream().await;
     assert_eq!(
         names(&before.get_ref().1.peer_certificates().unwrap()[0]),
         ["example.test"]
@@ -143,14 +141,7 @@ async fn certificate_files_are_picked_up_when_they_change() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let tls = connect(
-            proxy.https,
-            "example.test",
-            proxy.roots.clone(),
-            &[b"http/1.1"],
-        )
-        .await
-        .unwrap();
+        let tls = proxy.h1_stream().await;
         if names(&tls.get_ref().1.peer_certificates().unwrap()[0]).len() == 2 {
             break;
         }
@@ -226,14 +217,7 @@ async fn client_leaving_early_is_counted_as_499() {
     use tokio::io::AsyncWriteExt;
     let backend = Backend::start().await;
     let proxy = Proxy::builder(&backend.url()).start().await;
-    let mut tls = connect(
-        proxy.https,
-        "example.test",
-        proxy.roots.clone(),
-        &[b"http/1.1"],
-    )
-    .await
-    .unwrap();
+    let mut tls = proxy.h1_stream().await;
     tls.write_all(b"GET /_matrix/slow/3000/x HTTP/1.1\r\nHost: example.test\r\n\r\n")
         .await
         .unwrap();
@@ -246,7 +230,7 @@ async fn client_leaving_early_is_counted_as_499() {
     drop(tls);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = String::from_utf8(admin(&proxy, "/metrics").await.body).unwrap();
+        let text = metrics(&proxy).await;
         if text.contains("matrix_edge_requests_total{class=\"other_matrix\",status=\"499\"} 1") {
             assert!(text.contains("matrix_edge_requests_in_flight 0"), "{text}");
             break;

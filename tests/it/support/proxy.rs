@@ -75,6 +75,18 @@ impl Ports {
 }
 
 impl Proxy {
+    /// A TLS connection to the https listener, HTTP/1.1 by ALPN, verified as `example.test`.
+    pub async fn h1_stream(&self) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        crate::support::client::connect(
+            self.https,
+            "example.test",
+            self.roots.clone(),
+            &[b"http/1.1"],
+        )
+        .await
+        .unwrap()
+    }
+
     /// A proxy in front of `backend_url`, with `extra` TOML appended (whole tables).
     pub fn builder(backend_url: &str) -> ProxyBuilder {
         ProxyBuilder {
