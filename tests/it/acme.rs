@@ -12,7 +12,7 @@ use rustls::pki_types::CertificateDer;
 use crate::support::dns::{TestDns, Zone};
 use crate::support::pebble::Pebble;
 use crate::support::proxy::Ports;
-use crate::support::{Backend, Proxy, connect};
+use crate::support::{Backend, Proxy, connect, free_port};
 
 const NAMES: [&str; 2] = ["example.test", "matrix.example.test"];
 
@@ -377,14 +377,6 @@ fn acme_failure_is_one_clear_log_line() {
         "{line}"
     );
     assert!(line.contains("retrying in"), "{line}");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The built binary, given only a config with `[tls.acme]` pointing at Pebble, serves a chain

@@ -18,10 +18,7 @@ async fn metrics(proxy: &Proxy) -> String {
 }
 
 fn free_addr() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    std::net::SocketAddr::from(([127, 0, 0, 1], crate::support::free_port()))
 }
 
 #[tokio::test]

@@ -30,3 +30,12 @@ pub async fn get(proxy: &Proxy, target: &str) -> RawResponse {
     )
     .await
 }
+
+/// A loopback port nothing listens on right now (another process may still take it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -14,6 +14,7 @@ use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
 use super::client::connect;
+use super::free_port;
 use super::pki::TestCa;
 
 pub struct Pebble {
@@ -37,14 +38,6 @@ impl Drop for Pebble {
             );
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Pebble {
