@@ -133,7 +133,16 @@ impl Forwarder {
         ))
     }
 
-    fn is_trusted(&self, peer: IpAddr) -> bool {
+    pub(crate) fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+
+    pub(crate) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// Whether `peer` is one of `forward.trusted_proxies`.
+    pub(crate) fn is_trusted(&self, peer: IpAddr) -> bool {
         if self.trusted_proxies.is_empty() {
             return false;
         }

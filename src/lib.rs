@@ -9,7 +9,8 @@
 //! ```text
 //! TCP accept ─ listener (role: https | federation | http | admin)
 //!   └─ TLS handshake ─ tls (certificate by SNI, ALPN h2 / http/1.1)
-//!       └─ HTTP ─ server (h1/h2 limits and timeouts)
+//!       ├─ HTTP/1.1, body-less and forwarded ─ relay → upstream (bytes in, bytes out)
+//!       └─ HTTP ─ server (h1/h2 limits and timeouts; everything the relay does not take)
 //!           └─ route::classify(role, method, raw path, peer) → Route
 //!                ├─ WellKnown  → wellknown
 //!                ├─ Forward    → forward → upstream (HTTP/1.1 pool, TCP or unix)
@@ -24,6 +25,7 @@
 //! - [`workers`]: the threads connections are served on, one single-threaded runtime each.
 //! - [`tls`]: certificates and the rustls configuration.
 //! - [`acme`]: certificates obtained and renewed by ACME.
+//! - `relay`: the fast path for plain HTTP/1.1 forwarding, which hands anything else to `server`.
 //! - [`server`]: hyper settings and the dispatch of a request to its stage.
 //! - [`route`]: the routing decision, a value.
 //! - [`wellknown`], [`forward`], [`upstream`], [`respond`]: the answers.
@@ -41,6 +43,7 @@ pub mod forward;
 pub mod listener;
 pub mod metrics;
 pub mod reload;
+mod relay;
 pub mod respond;
 pub mod route;
 pub mod server;

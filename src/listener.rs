@@ -23,6 +23,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tracing::{debug, info, warn};
 
 use crate::metrics::{HandshakeResult, Metrics};
+use crate::relay;
 use crate::route::Role;
 use crate::server::{ConnService, Server, SharedServer};
 use crate::workers::Workers;
@@ -410,6 +411,36 @@ impl Conn<'_> {
     }
 
     async fn http<IO: ClientStream>(self, io: IO, h2: bool) {
+        if h2 {
+            return self.hyper(io, true).await;
+        }
+        let forwarded_for = crate::forward::forwarded_for_value(self.peer.ip());
+        let ctx = relay::Ctx {
+            peer: self.peer,
+            role: self.role,
+            shared: self.shared,
+            forwarded_for: forwarded_for.as_bytes(),
+            idle_timeout: self.idle_timeout,
+            phase: self.phase.clone(),
+        };
+        let mut phase = self.phase.clone();
+        let outcome = tokio::select! {
+            biased;
+            outcome = relay::serve(io, ctx) => outcome,
+            _ = reached(&mut phase, Phase::Close) => return,
+        };
+        match outcome {
+            relay::Outcome::Closed => {}
+            relay::Outcome::Handoff { io, buffered } => {
+                self.hyper(relay::Prefixed::new(buffered, io), false).await
+            }
+        }
+    }
+
+    async fn hyper<IO>(self, io: IO, h2: bool)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let activity = Activity::new();
         let service = ConnService::new(self.shared.clone(), self.role, self.peer, activity.clone());
         let io = TokioIo::new(io);

@@ -48,7 +48,7 @@ pub struct Finish {
     pub(crate) class: RouteClass,
     pub(crate) status: u16,
     pub(crate) method: Method,
-    /// For the log: only the path is written, never the query (it may carry an access token).
+    /// For the log: see [`Record::path`].
     pub(crate) target: Option<PathAndQuery>,
     pub(crate) version: Version,
     pub(crate) peer: SocketAddr,
@@ -60,37 +60,91 @@ pub struct Finish {
 
 impl Drop for Finish {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
         let bytes_in = self
             .bytes_in
             .get()
             .map(|b| b.load(Ordering::Relaxed))
             .unwrap_or(0);
-        let m = self.server.metrics();
-        m.in_flight.dec();
-        m.count_request(self.class, self.status);
-        let class = m.class(self.class);
-        class.duration.observe(elapsed);
-        if bytes_in > 0 {
-            class.request_bytes.inc_by(bytes_in);
+        self.server.metrics().in_flight.dec();
+        self.server.record(&Record {
+            elapsed: self.start.elapsed(),
+            class: self.class,
+            status: self.status,
+            method: &self.method,
+            path: self.target.as_ref().map(|t| t.path()).unwrap_or("/"),
+            version: self.version,
+            peer: self.peer,
+            origin: self.origin.as_deref(),
+            bytes_in,
+            bytes_out: self.bytes_out,
+        });
+    }
+}
+
+/// One answered request, as it is counted and logged.
+pub(crate) struct Record<'a> {
+    pub(crate) elapsed: std::time::Duration,
+    pub(crate) class: RouteClass,
+    pub(crate) status: u16,
+    pub(crate) method: &'a Method,
+    /// Only the path is written, never the query (it may carry an access token).
+    pub(crate) path: &'a str,
+    pub(crate) version: Version,
+    pub(crate) peer: SocketAddr,
+    pub(crate) origin: Option<&'a str>,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
+}
+
+impl Server {
+    /// Counts `r` in the metrics and writes its access log line.
+    pub(crate) fn record(&self, r: &Record<'_>) {
+        let m = self.metrics();
+        m.count_request(r.class, r.status);
+        let class = m.class(r.class);
+        class.duration.observe(r.elapsed);
+        if r.bytes_in > 0 {
+            class.request_bytes.inc_by(r.bytes_in);
         }
-        if self.bytes_out > 0 {
-            class.response_bytes.inc_by(self.bytes_out);
+        if r.bytes_out > 0 {
+            class.response_bytes.inc_by(r.bytes_out);
         }
         tracing::info!(
             target: "matrix_edge::access",
-            peer = %self.peer,
-            method = %self.method,
-            path = self.target.as_ref().map(|t| t.path()).unwrap_or("/"),
-            version = ?self.version,
-            class = self.class.as_str(),
-            status = self.status,
-            duration_ms = elapsed.as_millis() as u64,
-            bytes_in,
-            bytes_out = self.bytes_out,
-            origin = self.origin.as_deref().unwrap_or("-"),
+            peer = %r.peer,
+            method = %r.method,
+            path = r.path,
+            version = ?r.version,
+            class = r.class.as_str(),
+            status = r.status,
+            duration_ms = r.elapsed.as_millis() as u64,
+            bytes_in = r.bytes_in,
+            bytes_out = r.bytes_out,
+            origin = r.origin.unwrap_or("-"),
         );
     }
+}
+
+/// Appends the current time as an HTTP `Date` (RFC 9110 §5.6.7), formatted once a second per
+/// thread.
+pub(crate) fn http_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    CACHE.with_borrow_mut(|(cached, text)| {
+        if *cached != second {
+            *text = httpdate::fmt_http_date(now);
+            *cached = second;
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
 }
 
 enum Kind {

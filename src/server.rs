@@ -134,27 +134,42 @@ impl Server {
         match result {
             Ok(resp) => resp,
             Err(e) => {
-                let kind = match e {
-                    ProxyError::BackendUnreachable(_) => Some(BackendError::unreachable),
-                    ProxyError::BackendTimeout(_) => Some(BackendError::timeout),
-                    ProxyError::BackendFailed(_) => Some(BackendError::failed),
-                    _ => None,
-                };
-                if let Some(kind) = kind {
-                    self.metrics
-                        .backend_errors
-                        .get_or_create(&BackendErrorLabels { kind })
-                        .inc();
-                }
-                let (status, _, _) = e.status_and_code();
-                if status.is_server_error() {
-                    warn!(%peer, ?route, error = %e, "request failed");
-                } else {
-                    debug!(%peer, ?route, error = %e, "request refused");
-                }
+                self.note_failure(&e, peer, RouteClass::of(&route));
                 e.into_response()
             }
         }
+    }
+
+    /// Counts and logs a request the proxy answers with an error: a warning when the fault is
+    /// on this side (5xx), debug otherwise.
+    pub(crate) fn note_failure(&self, e: &ProxyError, peer: SocketAddr, class: RouteClass) {
+        let kind = match e {
+            ProxyError::BackendUnreachable(_) => Some(BackendError::unreachable),
+            ProxyError::BackendTimeout(_) => Some(BackendError::timeout),
+            ProxyError::BackendFailed(_) => Some(BackendError::failed),
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            self.metrics
+                .backend_errors
+                .get_or_create(&BackendErrorLabels { kind })
+                .inc();
+        }
+        let (status, _, _) = e.status_and_code();
+        let class = class.as_str();
+        if status.is_server_error() {
+            warn!(%peer, class, error = %e, "request failed");
+        } else {
+            debug!(%peer, class, error = %e, "request refused");
+        }
+    }
+
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    pub(crate) fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
     /// The key authorization for a pending HTTP-01 token, as RFC 8555 §8.3 asks: 200,
@@ -307,7 +322,13 @@ pub fn x_matrix_origin(headers: &http::HeaderMap) -> Option<String> {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .find_map(|v| v.strip_prefix("X-Matrix "))?;
-    value.split(',').find_map(|param| {
+    x_matrix_origin_in(value)
+}
+
+/// The `origin` parameter of X-Matrix credentials (what follows `X-Matrix `), if it is a valid
+/// server name.
+pub(crate) fn x_matrix_origin_in(credentials: &str) -> Option<String> {
+    credentials.split(',').find_map(|param| {
         let (name, val) = param.trim().split_once('=')?;
         if !name.trim().eq_ignore_ascii_case("origin") {
             return None;

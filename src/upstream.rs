@@ -204,6 +204,8 @@ struct Pool {
 /// their connection back, so that a request touches only its own worker's reference count.
 struct Shard {
     idle: Mutex<Vec<Idle>>,
+    /// Idle connections of the HTTP/1.1 relay, which reads and writes them itself.
+    raw: Mutex<Vec<RawIdle>>,
     /// `backend.pool_max_idle` split over the workers.
     max_idle: usize,
 }
@@ -211,6 +213,18 @@ struct Shard {
 struct Idle {
     sender: SendRequest<RequestBody>,
     since: Instant,
+}
+
+struct RawIdle {
+    conn: RawConn,
+    since: Instant,
+}
+
+/// A backend connection the relay drives itself, with its read buffer (kept, empty, while the
+/// connection is idle, so a request does not allocate one).
+pub(crate) struct RawConn {
+    pub(crate) stream: BackendStream,
+    pub(crate) buf: Vec<u8>,
 }
 
 /// Why a request got no response from the backend.
@@ -227,7 +241,7 @@ pub enum UpstreamError {
 
 /// How many pooled connections one request tries before opening a new one: each try that fails
 /// on a connection the backend had already closed costs nothing but a syscall.
-const POOLED_TRIES: usize = 4;
+pub(crate) const POOLED_TRIES: usize = 4;
 
 impl Upstream {
     /// A pool for `workers` worker threads.
@@ -241,6 +255,7 @@ impl Upstream {
                 .map(|_| {
                     Arc::new(Shard {
                         idle: Mutex::new(Vec::new()),
+                        raw: Mutex::new(Vec::new()),
                         max_idle: backend.pool_max_idle.div_ceil(workers),
                     })
                 })
@@ -288,6 +303,49 @@ impl Upstream {
     }
 }
 
+impl Upstream {
+    /// The most recently used idle relay connection of this worker, if one is young enough. It
+    /// may have been closed by the backend meanwhile: the relay finds out on its first read.
+    pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
+        let mut idle = self.pool.shard().raw.lock().ok()?;
+        let now = Instant::now();
+        while let Some(entry) = idle.pop() {
+            if now.duration_since(entry.since) < self.pool.idle_timeout {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// A new connection for the relay.
+    pub(crate) async fn connect_raw(&self) -> Result<RawConn, UpstreamError> {
+        let stream = Box::pin(self.pool.open()).await?;
+        Ok(RawConn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Puts a relay connection whose exchange has ended, read to its end, back for the next
+    /// request.
+    pub(crate) fn checkin_raw(&self, conn: RawConn) {
+        let shard = self.pool.shard();
+        if shard.max_idle == 0 {
+            return;
+        }
+        let Ok(mut idle) = shard.raw.lock() else {
+            return;
+        };
+        if idle.len() >= shard.max_idle {
+            idle.remove(0);
+        }
+        idle.push(RawIdle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+}
+
 impl Pool {
     /// The idle connections of the calling thread.
     fn shard(&self) -> &Arc<Shard> {
@@ -317,7 +375,8 @@ impl Pool {
         resp.map(|body| UpstreamBody::new(body, sender, shard))
     }
 
-    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+    /// A new connection to the backend, within `connect_timeout`.
+    async fn open(&self) -> Result<BackendStream, UpstreamError> {
         let connect = async {
             match &self.target {
                 BackendTarget::Tcp { authority } => {
@@ -331,18 +390,20 @@ impl Pool {
                     .map_err(|e| unix_error(path, e)),
             }
         };
-        let stream = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(result) => result.map_err(UpstreamError::Connect)?,
-            Err(_) => {
-                return Err(UpstreamError::Connect(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "connecting to the backend took longer than {:?}",
-                        self.connect_timeout
-                    ),
-                )));
-            }
-        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(result) => result.map_err(UpstreamError::Connect),
+            Err(_) => Err(UpstreamError::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connecting to the backend took longer than {:?}",
+                    self.connect_timeout
+                ),
+            ))),
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<RequestBody>, UpstreamError> {
+        let stream = self.open().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -395,6 +456,9 @@ async fn reap(pool: std::sync::Weak<Pool>) {
                 idle.retain(|e| {
                     !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
                 });
+            }
+            if let Ok(mut raw) = shard.raw.lock() {
+                raw.retain(|e| now.duration_since(e.since) < pool.idle_timeout);
             }
         }
     }

@@ -1,0 +1,1033 @@
+//! The HTTP/1.1 relay: the common request (HTTP/1.1, no body, forwarded) passed to the backend
+//! as bytes, and its response passed back as bytes, without building request or header maps.
+//!
+//! Owns an HTTP/1.1 client connection from its first request until the first request it does
+//! not take. That request, and every byte read after it, goes to hyper (`server`) with the
+//! connection, before any of it has been written anywhere; hyper serves the connection from
+//! then on. So every rule other than plain forwarding (well-known files, redirects, refusals,
+//! bodies and their limits, `Expect`, upgrades, anything malformed) has one implementation.
+//!
+//! A request is taken only when forwarding it needs no more than the edits `forward` makes to
+//! every request: HTTP/1.1; an origin-form target of plain URI characters; one `Host`; no body
+//! (no `Transfer-Encoding`; `Content-Length` absent or `0`); no `Upgrade`, `Expect`, `TE`,
+//! `Trailer` or `Keep-Alive`; `Connection` naming only `keep-alive` or `close`; forwarding headers
+//! only from a peer that is not a trusted proxy (they are dropped, as `forward` drops them); a
+//! route that forwards. The method, the request-target and every other header go out byte for
+//! byte, in the client's order; `X-Forwarded-For` and `X-Forwarded-Proto` are appended.
+//!
+//! The response's head is rewritten as `forward` does it (hop-by-hop headers go) and its body is
+//! streamed as it comes: by `Content-Length`, by chunks (passed through, framing included), or to
+//! the backend's close (then the client connection closes after it). Must not: answer a request
+//! itself other than with a backend failure (502/504), buffer a whole body, or send a request
+//! again that is not idempotent.
+
+use std::fmt::Write as _;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::Method;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use crate::listener::{Phase, reached};
+use crate::metrics::RouteClass;
+use crate::respond::{ProxyError, Record};
+use crate::route::{self, Role, Route};
+use crate::server::{Server, SharedServer};
+use crate::upstream::RawConn;
+
+/// Headers a taken request may carry: more go to hyper.
+const MAX_HEADERS: usize = 64;
+/// Headers a backend response may carry (hyper's client allows as many).
+const MAX_RESPONSE_HEADERS: usize = 100;
+/// Largest backend response head accepted.
+const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// What one read of a response body asks for.
+const BODY_CHUNK: usize = 32 * 1024;
+/// Room for one read of a request head.
+const READ_CHUNK: usize = 4096;
+
+/// The status logged for a request whose client left before the response head, as nginx logs
+/// it.
+const CLIENT_CLOSED: u16 = 499;
+
+/// How a relayed connection ended.
+pub(crate) enum Outcome<IO> {
+    /// Closed: by the client, after an error, idle, or drained.
+    Closed,
+    /// A request the relay does not take: hyper serves the connection from here, reading
+    /// `buffered` first.
+    Handoff { io: IO, buffered: Bytes },
+}
+
+/// What the relay needs of its connection besides the stream.
+pub(crate) struct Ctx<'a> {
+    pub peer: SocketAddr,
+    pub role: Role,
+    pub shared: &'a SharedServer,
+    /// The peer as `X-Forwarded-For` writes it.
+    pub forwarded_for: &'a [u8],
+    pub idle_timeout: Duration,
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// Serves requests on `io` until the connection ends or a request is not the relay's to take.
+pub(crate) async fn serve<IO>(mut io: IO, mut ctx: Ctx<'_>) -> Outcome<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+    let mut out: Vec<u8> = Vec::new();
+    let mut timer = Watchdog::new(Instant::now() + ctx.idle_timeout);
+    loop {
+        // A complete request head, read as it comes.
+        let mut head_started = false;
+        let (server, plan) = loop {
+            if !input.is_empty() {
+                let server = ctx.shared.load_full();
+                match plan(&input, &ctx, &server, &mut out) {
+                    Parsed::Ready(plan) => break (server, plan),
+                    Parsed::Partial if input.len() < server.limits().max_header_size.max(8192) => {
+                        if !head_started {
+                            // From its first bytes on, a head must arrive in time.
+                            head_started = true;
+                            timer.set(Instant::now() + server.limits().header_read_timeout);
+                        }
+                    }
+                    Parsed::Partial | Parsed::Other => {
+                        return Outcome::Handoff {
+                            io,
+                            buffered: Bytes::from(input),
+                        };
+                    }
+                }
+            }
+            let idle = input.is_empty();
+            input.reserve(READ_CHUNK);
+            let read = tokio::select! {
+                biased;
+                read = io.read_buf(&mut input) => read,
+                _ = timer.expired() => return Outcome::Closed,
+                _ = reached(&mut ctx.phase, Phase::Drain), if idle => return Outcome::Closed,
+            };
+            match read {
+                Ok(0) | Err(_) => return Outcome::Closed,
+                Ok(_) => {}
+            }
+        };
+
+        let start = Instant::now();
+        let in_flight = InFlight::new(&server);
+        let result = exchange(
+            &mut io,
+            &mut input,
+            &server,
+            &plan,
+            &ctx.phase,
+            &mut out,
+            &mut timer,
+            start,
+        )
+        .await;
+        let end = Instant::now();
+        let (status, bytes_out, keep_open) = match result {
+            Ok(done) => (done.status, done.bytes_out, done.keep_open),
+            Err(Failure::Proxy(e)) => {
+                server.note_failure(&e, ctx.peer, RouteClass::of(&plan.route));
+                let status = e.status_and_code().0.as_u16();
+                error_response(&e, &mut out);
+                let _ = write_flush(&mut io, &out).await;
+                (status, 0, false)
+            }
+            Err(Failure::Midway { status, bytes_out }) => (status, bytes_out, false),
+            Err(Failure::ClientGone) => (CLIENT_CLOSED, 0, false),
+        };
+        server.record(&Record {
+            elapsed: end - start,
+            class: RouteClass::of(&plan.route),
+            status,
+            method: &plan.method,
+            path: std::str::from_utf8(&input[plan.path.clone()]).unwrap_or("/"),
+            version: http::Version::HTTP_11,
+            peer: ctx.peer,
+            origin: plan.origin.as_deref(),
+            bytes_in: 0,
+            bytes_out,
+        });
+        drop(in_flight);
+        if !keep_open {
+            linger(&mut io).await;
+            return Outcome::Closed;
+        }
+        input.drain(..plan.head_len);
+        timer.set(end + ctx.idle_timeout);
+    }
+}
+
+/// A taken request.
+struct Plan {
+    head_len: usize,
+    method: Method,
+    /// The path of the target, within the head: for the log.
+    path: Range<usize>,
+    route: Route,
+    origin: Option<String>,
+    client_close: bool,
+}
+
+enum Parsed {
+    Ready(Plan),
+    /// More bytes are needed.
+    Partial,
+    /// Not the relay's: malformed, or anything but plain forwarding.
+    Other,
+}
+
+/// Reads a request head from `buf` and, if the relay takes it, writes the backend's copy to
+/// `out`.
+fn plan(buf: &[u8], ctx: &Ctx<'_>, server: &Server, out: &mut Vec<u8>) -> Parsed {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let head_len = match req.parse_with_uninit_headers(buf, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
+        return Parsed::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return Parsed::Other;
+    };
+    if method == Method::CONNECT || !target.starts_with('/') || !target.bytes().all(plain_uri_byte)
+    {
+        return Parsed::Other;
+    }
+    let path_len = target.find('?').unwrap_or(target.len());
+    let route = route::classify(
+        ctx.role,
+        &method,
+        &target[..path_len],
+        ctx.peer.ip(),
+        server.policy(),
+    );
+    if !matches!(route, Route::Forward(_)) {
+        return Parsed::Other;
+    }
+    let trusted = server.forwarder().is_trusted(ctx.peer.ip());
+    let wants_origin = matches!(
+        RouteClass::of(&route),
+        RouteClass::federation | RouteClass::keys | RouteClass::media
+    );
+
+    out.clear();
+    // The request line as the client sent it: httparse accepts exactly `method SP target SP
+    // HTTP/1.1`, so these are its bytes.
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut hosts = 0;
+    let mut client_close = false;
+    let mut origin = None;
+    let mut origin_seen = false;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        match classify_request_header(name) {
+            RequestHeader::Plain => {}
+            RequestHeader::Host => hosts += 1,
+            RequestHeader::ContentLength => {
+                if h.value.trim_ascii() != b"0" {
+                    return Parsed::Other;
+                }
+            }
+            RequestHeader::Connection => {
+                match connection_tokens(h.value) {
+                    Some(close) => client_close |= close,
+                    None => return Parsed::Other,
+                }
+                continue;
+            }
+            RequestHeader::Authorization => {
+                if wants_origin
+                    && !origin_seen
+                    && let Ok(value) = std::str::from_utf8(h.value)
+                    && let Some(x_matrix) = value.strip_prefix("X-Matrix ")
+                {
+                    origin_seen = true;
+                    origin = crate::server::x_matrix_origin_in(x_matrix);
+                }
+            }
+            RequestHeader::Forwarding => {
+                if trusted {
+                    return Parsed::Other;
+                }
+                continue;
+            }
+            RequestHeader::Refused => return Parsed::Other,
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if hosts != 1 {
+        return Parsed::Other;
+    }
+    out.extend_from_slice(b"x-forwarded-for: ");
+    out.extend_from_slice(ctx.forwarded_for);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: https\r\n\r\n");
+
+    let path_start = target.as_ptr() as usize - buf.as_ptr() as usize;
+    Parsed::Ready(Plan {
+        head_len,
+        method,
+        path: path_start..path_start + path_len,
+        route,
+        origin,
+        client_close,
+    })
+}
+
+/// The characters `http::Uri` takes in a path and query, less `#` (hyper would cut the
+/// fragment off, so the target would not go out as it came).
+fn plain_uri_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'?'
+                | b'%'
+        )
+}
+
+enum RequestHeader {
+    Plain,
+    Host,
+    ContentLength,
+    Connection,
+    Authorization,
+    /// Set by proxies: dropped from a client, and not taken from a trusted proxy (whose
+    /// `X-Forwarded-For` is appended to, which `forward` does).
+    Forwarding,
+    /// Needs more than forwarding (a body, an upgrade, `Expect`) or is hop-by-hop in a way only
+    /// `forward` handles.
+    Refused,
+}
+
+fn classify_request_header(name: &[u8]) -> RequestHeader {
+    const REFUSED: [&[u8]; 8] = [
+        b"transfer-encoding",
+        b"upgrade",
+        b"expect",
+        b"te",
+        b"trailer",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authorization",
+    ];
+    const FORWARDING: [&[u8]; 5] = [
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-real-ip",
+        b"forwarded",
+    ];
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    // Most headers are none of these: the lengths rule them out before any comparison.
+    match name.len() {
+        4 if is(b"host") => RequestHeader::Host,
+        10 if is(b"connection") => RequestHeader::Connection,
+        13 if is(b"authorization") => RequestHeader::Authorization,
+        14 if is(b"content-length") => RequestHeader::ContentLength,
+        _ if REFUSED.iter().any(|r| is(r)) => RequestHeader::Refused,
+        _ if FORWARDING.iter().any(|f| is(f)) => RequestHeader::Forwarding,
+        _ => RequestHeader::Plain,
+    }
+}
+
+/// The tokens of a request's `Connection`: `Some(close?)` when it names only `keep-alive` and
+/// `close`; `None` when it names headers, which only `forward` knows how to drop.
+fn connection_tokens(value: &[u8]) -> Option<bool> {
+    let mut close = false;
+    for token in value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive") {
+            return None;
+        }
+    }
+    Some(close)
+}
+
+/// The end of a relayed exchange.
+struct Done {
+    status: u16,
+    bytes_out: u64,
+    /// The client connection may serve another request.
+    keep_open: bool,
+}
+
+enum Failure {
+    /// Nothing was sent to the client: it gets the Matrix error.
+    Proxy(ProxyError),
+    /// The response was under way when the backend or the client failed: the connection closes.
+    Midway { status: u16, bytes_out: u64 },
+    /// The client closed its connection before the response head.
+    ClientGone,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn exchange<IO>(
+    io: &mut IO,
+    input: &mut Vec<u8>,
+    server: &Server,
+    plan: &Plan,
+    phase: &watch::Receiver<Phase>,
+    out: &mut Vec<u8>,
+    timer: &mut Watchdog,
+    start: Instant,
+) -> Result<Done, Failure>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let forwarder = server.forwarder();
+    let upstream = forwarder.upstream();
+    timer.set(start + forwarder.response_timeout());
+    let idempotent = matches!(
+        plan.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    );
+    let head_request = plan.method == Method::HEAD;
+    let mut tries = 0;
+    let (mut conn, head) = loop {
+        tries += 1;
+        let pooled = if tries <= crate::upstream::POOLED_TRIES {
+            upstream.checkout_raw()
+        } else {
+            None
+        };
+        let reused = pooled.is_some();
+        let mut conn = match pooled {
+            Some(conn) => conn,
+            None => upstream
+                .connect_raw()
+                .await
+                .map_err(|e| Failure::Proxy(ProxyError::BackendUnreachable(e.to_string())))?,
+        };
+        // A pooled connection the backend has closed fails here or reads nothing: nothing was
+        // processed, so an idempotent request goes on the next connection.
+        let exchanged = async {
+            conn.stream.write_all(out).await.map_err(HeadError::Io)?;
+            read_response_head(&mut conn, head_request, plan.client_close, phase, out).await
+        };
+        // Meanwhile the client is watched: if it leaves, the backend's work is abandoned (499).
+        // Bytes it sends (a pipelined request) are kept, up to one head's worth.
+        let mut watch_client = true;
+        let attempt = async {
+            tokio::pin!(exchanged);
+            loop {
+                tokio::select! {
+                    biased;
+                    attempt = &mut exchanged => return Ok(attempt),
+                    _ = timer.expired() => {
+                        return Err(Failure::Proxy(ProxyError::BackendTimeout(
+                            forwarder.response_timeout(),
+                        )));
+                    }
+                    read = io.read_buf(input), if watch_client => match read {
+                        Ok(0) | Err(_) => return Err(Failure::ClientGone),
+                        Ok(_) => watch_client = input.len() < plan.head_len + READ_CHUNK,
+                    },
+                }
+            }
+        }
+        .await?;
+        match attempt {
+            Ok(head) => break (conn, head),
+            Err(HeadError::Io(_) | HeadError::Closed) if reused && idempotent => continue,
+            Err(e) => return Err(Failure::Proxy(ProxyError::BackendFailed(e.to_string()))),
+        }
+    };
+
+    // The head and whatever of the body came with it, in one write.
+    let mut framing = head.framing;
+    let mut bytes_out = 0u64;
+    let mut spare = conn.buf.len() - head.len;
+    let take = framing.take(&conn.buf[head.len..]).map_err(|e| {
+        Failure::Proxy(ProxyError::BackendFailed(format!(
+            "malformed response body: {e}"
+        )))
+    })?;
+    out.extend_from_slice(&conn.buf[head.len..head.len + take]);
+    bytes_out += take as u64;
+    spare -= take;
+    let midway = |bytes_out| Failure::Midway {
+        status: head.status,
+        bytes_out,
+    };
+    write_flush(io, out)
+        .await
+        .map_err(|_| midway(bytes_out))?;
+
+    while !framing.is_done() {
+        conn.buf.clear();
+        conn.buf.reserve(BODY_CHUNK);
+        let n = match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if framing == Framing::UntilClose => break,
+            Ok(0) | Err(_) => return Err(midway(bytes_out)),
+            Ok(n) => n,
+        };
+        let take = framing.take(&conn.buf[..n]).map_err(|_| midway(bytes_out))?;
+        spare = n - take;
+        write_flush(io, &conn.buf[..take])
+            .await
+            .map_err(|_| midway(bytes_out))?;
+        bytes_out += take as u64;
+    }
+    // Bytes after the response would be read as the next response: such a connection is not
+    // reused.
+    if head.reusable && spare == 0 {
+        conn.buf.clear();
+        upstream.checkin_raw(conn);
+    }
+    Ok(Done {
+        status: head.status,
+        bytes_out,
+        keep_open: head.client_keep_alive,
+    })
+}
+
+/// Closes a connection after its last response without losing that response: the write side is
+/// closed first (TLS close_notify, then FIN), and what the client still sends is read and dropped
+/// for a moment. Closing a socket with unread input sends a reset, which can destroy the response
+/// before the client has read it.
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(io: &mut IO) {
+    const LINGER: Duration = Duration::from_secs(2);
+    const LINGER_BYTES: usize = 64 * 1024;
+    let _ = tokio::time::timeout(LINGER, async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 4096];
+        let mut read = 0;
+        while read < LINGER_BYTES {
+            match io.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => read += n,
+            }
+        }
+    })
+    .await;
+}
+
+async fn write_flush<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    io.flush().await
+}
+
+#[derive(Debug, thiserror::Error)]
+enum HeadError {
+    #[error("{0}")]
+    Io(#[source] io::Error),
+    #[error("connection closed before a response")]
+    Closed,
+    #[error("malformed response head: {0}")]
+    Malformed(&'static str),
+}
+
+/// A backend response head, rewritten into the client's.
+struct Head {
+    /// Its length in the connection's buffer.
+    len: usize,
+    status: u16,
+    framing: Framing,
+    /// The backend connection can carry another request after this response.
+    reusable: bool,
+    /// The client connection can carry another request after this response.
+    client_keep_alive: bool,
+}
+
+/// Reads the response head off `conn` (skipping interim 1xx responses) and writes the client's
+/// version of it to `out`.
+async fn read_response_head(
+    conn: &mut RawConn,
+    head_request: bool,
+    client_close: bool,
+    phase: &watch::Receiver<Phase>,
+    out: &mut Vec<u8>,
+) -> Result<Head, HeadError> {
+    conn.buf.clear();
+    loop {
+        if !conn.buf.is_empty() {
+            // Decided as late as possible: a drain that began while the backend thought still
+            // tells this client to go elsewhere for its next request.
+            let close = client_close || *phase.borrow() >= Phase::Drain;
+            match response_head(&conn.buf, head_request, close, out)? {
+                ResponseHead::Final(head) => return Ok(head),
+                ResponseHead::Interim(n) => {
+                    conn.buf.drain(..n);
+                    continue;
+                }
+                ResponseHead::Partial if conn.buf.len() < MAX_RESPONSE_HEAD => {}
+                ResponseHead::Partial => return Err(HeadError::Malformed("head too large")),
+            }
+        }
+        conn.buf.reserve(READ_CHUNK);
+        match conn.stream.read_buf(&mut conn.buf).await {
+            Ok(0) if conn.buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) => return Err(HeadError::Malformed("closed in the head")),
+            Ok(_) => {}
+            Err(e) if conn.buf.is_empty() => return Err(HeadError::Io(e)),
+            Err(e) => return Err(HeadError::Io(e)),
+        }
+    }
+}
+
+enum ResponseHead {
+    Final(Head),
+    /// A 1xx response of this many bytes, which the client does not get.
+    Interim(usize),
+    Partial,
+}
+
+/// Response headers that describe the hop, not the message (RFC 9110 §7.6.1), and the framing
+/// ones the relay writes itself.
+const RESPONSE_DROPPED: [&[u8]; 9] = [
+    b"connection",
+    b"keep-alive",
+    b"te",
+    b"trailer",
+    b"upgrade",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"transfer-encoding",
+];
+
+fn response_head(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead, HeadError> {
+    let mut headers =
+        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(ResponseHead::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Malformed("too many headers")),
+        Err(_) => return Err(HeadError::Malformed("not HTTP/1.x")),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Err(HeadError::Malformed("no status"));
+    };
+    if status == 101 {
+        return Err(HeadError::Malformed("101 without an upgrade"));
+    }
+    if (100..200).contains(&status) {
+        return Ok(ResponseHead::Interim(len));
+    }
+
+    // What the headers say about framing and the connection.
+    let mut chunked = false;
+    let mut length: Option<u64> = None;
+    let mut backend_close = version == 0;
+    let mut named: [&[u8]; 8] = [&[]; 8];
+    let mut named_count = 0;
+    let mut has_date = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(HeadError::Malformed("transfer coding other than chunked"));
+            }
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            let n = std::str::from_utf8(h.value.trim_ascii())
+                .ok()
+                .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or(HeadError::Malformed("bad content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(HeadError::Malformed("conflicting content-length"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    backend_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    if version == 0 {
+                        backend_close = false;
+                    }
+                } else if !token.is_empty() {
+                    if named_count == named.len() {
+                        return Err(HeadError::Malformed("too many connection options"));
+                    }
+                    named[named_count] = token;
+                    named_count += 1;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"date") {
+            has_date = true;
+        }
+    }
+    if chunked && length.is_some() {
+        return Err(HeadError::Malformed("both chunked and content-length"));
+    }
+    let framing = if head_request || status == 204 || status == 304 {
+        Framing::Done
+    } else if chunked {
+        Framing::Chunked(ChunkScanner::default())
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+    let until_close = framing == Framing::UntilClose;
+    let client_keep_alive = !close && !until_close;
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let _ = write!(Utf8Sink(out), "{status:03}");
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut length_written = false;
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if RESPONSE_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+            || named[..named_count]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            if length_written {
+                continue;
+            }
+            length_written = true;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked && !matches!(framing, Framing::Done) {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        crate::respond::http_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !client_keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseHead::Final(Head {
+        len,
+        status,
+        framing,
+        reusable: !backend_close && !until_close,
+        client_keep_alive,
+    }))
+}
+
+/// `fmt::Write` into a byte vector.
+struct Utf8Sink<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for Utf8Sink<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// Where a response body ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes to go.
+    Length(u64),
+    Chunked(ChunkScanner),
+    /// Until the backend closes (a response with neither length nor chunks).
+    UntilClose,
+    Done,
+}
+
+impl Framing {
+    /// How many of `bytes` belong to the body; the body is done if that is fewer than all.
+    fn take(&mut self, bytes: &[u8]) -> Result<usize, ChunkError> {
+        match self {
+            Framing::Length(left) => {
+                let n = (*left).min(bytes.len() as u64);
+                *left -= n;
+                if *left == 0 {
+                    *self = Framing::Done;
+                }
+                Ok(n as usize)
+            }
+            Framing::Chunked(scanner) => {
+                let (n, done) = scanner.scan(bytes)?;
+                if done {
+                    *self = Framing::Done;
+                }
+                Ok(n)
+            }
+            Framing::UntilClose => Ok(bytes.len()),
+            Framing::Done => Ok(0),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        *self == Framing::Done
+    }
+}
+
+/// Follows a chunked body (RFC 9112 §7.1) as it passes through, to find its end. Strict: a bare
+/// LF, a chunk size of no digits or of more than 15, or a missing CRLF after chunk data is an
+/// error.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ChunkScanner {
+    state: ChunkState,
+    size: u64,
+    digits: u8,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed chunked body")]
+struct ChunkError;
+
+impl ChunkScanner {
+    /// Consumes `bytes`: returns how many belong to the body and whether it ended in them.
+    fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), ChunkError> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.state == Data {
+                let n = self.size.min((bytes.len() - i) as u64);
+                self.size -= n;
+                i += n as usize;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return Err(ChunkError);
+                    }
+                    self.digits += 1;
+                    let digit = (b as char).to_digit(16).ok_or(ChunkError)?;
+                    self.size = self.size * 16 + u64::from(digit);
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Extension, b'\r') => SizeLf,
+                (Extension, b'\n') => return Err(ChunkError),
+                (Extension, _) => Extension,
+                (SizeLf, b'\n') if self.size == 0 => TrailerStart,
+                (SizeLf, b'\n') => Data,
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => {
+                    self.digits = 0;
+                    Size
+                }
+                (TrailerStart, b'\r') => EndLf,
+                (TrailerLine, b'\r') => TrailerLf,
+                (TrailerStart | TrailerLine, b'\n') => return Err(ChunkError),
+                (TrailerStart | TrailerLine, _) => TrailerLine,
+                (TrailerLf, b'\n') => TrailerStart,
+                (EndLf, b'\n') => {
+                    *self = ChunkScanner::default();
+                    return Ok((i, true));
+                }
+                _ => return Err(ChunkError),
+            };
+        }
+        Ok((i, false))
+    }
+}
+
+/// Keeps the connection's in-flight count while a request is relayed, also when the connection
+/// is dropped midway.
+struct InFlight(Arc<Server>);
+
+impl InFlight {
+    fn new(server: &Arc<Server>) -> Self {
+        server.metrics().in_flight.inc();
+        InFlight(server.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics().in_flight.dec();
+    }
+}
+
+/// A proxy error as HTTP/1.1 bytes, closing the connection.
+fn error_response(e: &ProxyError, out: &mut Vec<u8>) {
+    let (status, errcode, message) = e.status_and_code();
+    let body = serde_json::json!({ "errcode": errcode, "error": message }).to_string();
+    out.clear();
+    let _ = write!(
+        Utf8Sink(out),
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncache-control: no-store\r\n\
+         content-length: {}\r\nconnection: close\r\ndate: ",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    crate::respond::http_date(out);
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// One timer for every timeout of a connection. It is re-armed only for a deadline earlier than
+/// the one it is armed for; a later deadline is found when the timer fires early, so the common
+/// request (a later idle or response deadline than the last) does not touch the timer wheel.
+struct Watchdog {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl Watchdog {
+    fn new(deadline: Instant) -> Self {
+        Watchdog {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+        }
+    }
+
+    fn set(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Resolves when the deadline has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if self.deadline <= self.sleep.deadline() {
+                return;
+            }
+            let deadline = self.deadline;
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+}
+
+/// A connection hyper takes over from the relay: it reads the bytes the relay had read first.
+pub(crate) struct Prefixed<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    pub(crate) fn new(prefix: Bytes, io: IO) -> Self {
+        Prefixed { prefix, io }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.prefix.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.prefix.len().min(buf.remaining());
+        buf.put_slice(&this.prefix[..n]);
+        this.prefix.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;
