@@ -227,6 +227,20 @@ pub(crate) struct RawConn {
     pub(crate) buf: Vec<u8>,
 }
 
+impl RawConn {
+    /// True when an idle connection has nothing to read: no close, no stray bytes. Costs no
+    /// syscall unless the socket was reported readable since its last read, which for an idle
+    /// connection means it was closed or sent something it should not have.
+    fn is_quiet(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let read = match &self.stream {
+            BackendStream::Tcp(s) => s.try_read(&mut probe),
+            BackendStream::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
 /// Why a request got no response from the backend.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -304,13 +318,13 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// The most recently used idle relay connection of this worker, if one is young enough. It
-    /// may have been closed by the backend meanwhile: the relay finds out on its first read.
+    /// The most recently used idle relay connection of this worker that is young enough and
+    /// still open as far as the socket tells. The backend may still close it in the meantime.
     pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
         let mut idle = self.pool.shard().raw.lock().ok()?;
         let now = Instant::now();
         while let Some(entry) = idle.pop() {
-            if now.duration_since(entry.since) < self.pool.idle_timeout {
+            if now.duration_since(entry.since) < self.pool.idle_timeout && entry.conn.is_quiet() {
                 return Some(entry.conn);
             }
         }
