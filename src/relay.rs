@@ -127,14 +127,7 @@ where
         let start = Instant::now();
         let in_flight = InFlight::new(&server);
         let result = exchange(
-            &mut io,
-            &mut input,
-            &server,
-            &plan,
-            &ctx.phase,
-            &mut out,
-            &mut timer,
-            start,
+            &mut io, &mut input, &server, &plan, &ctx.phase, &mut out, &mut timer, start,
         )
         .await;
         let end = Instant::now();
@@ -490,9 +483,7 @@ where
         status: head.status,
         bytes_out,
     };
-    write_flush(io, out)
-        .await
-        .map_err(|_| midway(bytes_out))?;
+    write_flush(io, out).await.map_err(|_| midway(bytes_out))?;
 
     while !framing.is_done() {
         conn.buf.clear();
@@ -502,7 +493,9 @@ where
             Ok(0) | Err(_) => return Err(midway(bytes_out)),
             Ok(n) => n,
         };
-        let take = framing.take(&conn.buf[..n]).map_err(|_| midway(bytes_out))?;
+        let take = framing
+            .take(&conn.buf[..n])
+            .map_err(|_| midway(bytes_out))?;
         spare = n - take;
         write_flush(io, &conn.buf[..take])
             .await
@@ -645,7 +638,9 @@ fn response_head(
     ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(ResponseHead::Partial),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::Malformed("too many headers")),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(HeadError::Malformed("too many headers"));
+        }
         Err(_) => return Err(HeadError::Malformed("not HTTP/1.x")),
     };
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
@@ -726,7 +721,9 @@ fn response_head(
     let mut length_written = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if RESPONSE_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+        if RESPONSE_DROPPED
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d))
             || named[..named_count]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))

@@ -77,7 +77,10 @@ fn plain_get_goes_out_byte_for_byte_with_forwarding_headers() {
 #[test]
 fn only_a_complete_head_is_planned_and_its_length_excludes_what_follows() {
     let head = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\n\r\n";
-    assert!(matches!(plan_of(&head[..head.len() - 1]).0, Parsed::Partial));
+    assert!(matches!(
+        plan_of(&head[..head.len() - 1]).0,
+        Parsed::Partial
+    ));
     let mut pipelined = head.to_vec();
     pipelined.extend_from_slice(b"POST /_matrix/client/v3/x HTTP/1.1\r\nHost: a\r\n");
     let (plan, _) = taken(&pipelined);
@@ -140,8 +143,12 @@ fn anything_but_plain_forwarding_goes_to_hyper() {
         ),
         format!("PUT /_matrix/client/v3/x HTTP/1.1\r\n{host}Expect: 100-continue\r\n\r\n"),
         // Upgrades and hop-by-hop headers only `forward` handles.
-        format!("GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"),
-        format!("GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Connection: x-secret\r\nX-Secret: 1\r\n\r\n"),
+        format!(
+            "GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        ),
+        format!(
+            "GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Connection: x-secret\r\nX-Secret: 1\r\n\r\n"
+        ),
         format!("GET /_matrix/client/v3/x HTTP/1.1\r\n{host}TE: trailers\r\n\r\n"),
         format!("GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Keep-Alive: timeout=5\r\n\r\n"),
         format!("GET /_matrix/client/v3/x HTTP/1.1\r\n{host}Proxy-Authorization: x\r\n\r\n"),
@@ -217,7 +224,10 @@ fn response_head_framing() {
     assert!(matches!(head.framing, Framing::Chunked(_)));
     assert!(out.contains("transfer-encoding: chunked\r\n"), "{out}");
     assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"));
-    assert!(out.contains("date: "), "a Date is added when missing: {out}");
+    assert!(
+        out.contains("date: "),
+        "a Date is added when missing: {out}"
+    );
 
     // No length and no chunks: the body runs to the backend's close, and so does the client's
     // connection.
@@ -229,7 +239,10 @@ fn response_head_framing() {
     // Bodies that are not there whatever the headers say.
     for (response, head_request) in [
         (&b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"[..], true),
-        (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", false),
+        (
+            b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n",
+            false,
+        ),
         (b"HTTP/1.1 204 No Content\r\n\r\n", false),
     ] {
         let (head, out) = head_of(response, head_request, false);
@@ -265,11 +278,7 @@ fn response_head_connection_state() {
         false,
     );
     assert!(head.reusable);
-    let (head, out) = head_of(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
-        false,
-        true,
-    );
+    let (head, out) = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false, true);
     assert!(head.reusable && !head.client_keep_alive);
     assert!(out.ends_with("connection: close\r\n\r\n"));
 }
@@ -304,7 +313,8 @@ fn interim_responses_are_skipped_and_bad_heads_refused() {
     }
 }
 
-const CHUNKED: &[u8] = b"5;name=val\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n";
+const CHUNKED: &[u8] =
+    b"5;name=val\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n";
 
 #[test]
 fn chunked_body_end_is_found_wherever_reads_split_it() {

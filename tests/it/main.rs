@@ -9,6 +9,7 @@ mod binary;
 mod check;
 mod deploy;
 mod limits;
+mod relay;
 mod routing;
 mod service;
 mod shutdown;
