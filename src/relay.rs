@@ -54,6 +54,10 @@ const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 const BODY_CHUNK: usize = 32 * 1024;
 /// Room for one read of a request head.
 const READ_CHUNK: usize = 4096;
+/// How much of a response body is copied to go out with its head.
+const WITH_HEAD: usize = 8 * 1024;
+/// Capacity a buffer of an idle connection may keep.
+const IDLE_BUFFER: usize = 8 * 1024;
 
 /// The status logged for a request whose client left before the response head, as nginx logs
 /// it.
@@ -86,23 +90,24 @@ where
 {
     let mut input: Vec<u8> = Vec::with_capacity(READ_CHUNK);
     let mut out: Vec<u8> = Vec::new();
-    let mut timer = Watchdog::new(Instant::now() + ctx.idle_timeout);
+    let mut timer = Watchdog::new(after(Instant::now(), ctx.idle_timeout));
     loop {
         // A complete request head, read as it comes.
         let mut head_started = false;
         let (server, plan) = loop {
             if !input.is_empty() {
                 let server = ctx.shared.load_full();
+                let limit = head_limit(&server);
                 match plan(&input, &ctx, &server, &mut out) {
-                    Parsed::Ready(plan) => break (server, plan),
-                    Parsed::Partial if input.len() < server.limits().max_header_size.max(8192) => {
+                    Parsed::Ready(plan) if plan.head_len <= limit => break (server, plan),
+                    Parsed::Partial if input.len() < limit => {
                         if !head_started {
                             // From its first bytes on, a head must arrive in time.
                             head_started = true;
-                            timer.set(Instant::now() + server.limits().header_read_timeout);
+                            timer.set(after(Instant::now(), server.limits().header_read_timeout));
                         }
                     }
-                    Parsed::Partial | Parsed::Other => {
+                    Parsed::Ready(_) | Parsed::Partial | Parsed::Other => {
                         return Outcome::Handoff {
                             io,
                             buffered: Bytes::from(input),
@@ -133,6 +138,12 @@ where
         let end = Instant::now();
         let (status, bytes_out, keep_open) = match result {
             Ok(done) => (done.status, done.bytes_out, done.keep_open),
+            // Cut short: the connection is dropped as it is, never closed cleanly, so the
+            // client cannot take a truncated body for a whole one.
+            Err(Failure::Midway { status, bytes_out }) => {
+                record(&server, &ctx, &plan, &input, end - start, status, bytes_out);
+                return Outcome::Closed;
+            }
             Err(Failure::Proxy(e)) => {
                 server.note_failure(&e, ctx.peer, RouteClass::of(&plan.route));
                 let status = e.status_and_code().0.as_u16();
@@ -140,29 +151,57 @@ where
                 let _ = write_flush(&mut io, &out).await;
                 (status, 0, false)
             }
-            Err(Failure::Midway { status, bytes_out }) => (status, bytes_out, false),
             Err(Failure::ClientGone) => (CLIENT_CLOSED, 0, false),
         };
-        server.record(&Record {
-            elapsed: end - start,
-            class: RouteClass::of(&plan.route),
-            status,
-            method: &plan.method,
-            path: std::str::from_utf8(&input[plan.path.clone()]).unwrap_or("/"),
-            version: http::Version::HTTP_11,
-            peer: ctx.peer,
-            origin: plan.origin.as_deref(),
-            bytes_in: 0,
-            bytes_out,
-        });
+        record(&server, &ctx, &plan, &input, end - start, status, bytes_out);
         drop(in_flight);
         if !keep_open {
             linger(&mut io).await;
             return Outcome::Closed;
         }
         input.drain(..plan.head_len);
-        timer.set(end + ctx.idle_timeout);
+        // An idle keep-alive connection keeps small buffers only.
+        if input.is_empty() && input.capacity() > IDLE_BUFFER {
+            input = Vec::with_capacity(READ_CHUNK);
+        }
+        if out.capacity() > IDLE_BUFFER {
+            out = Vec::new();
+        }
+        timer.set(after(end, ctx.idle_timeout));
     }
+}
+
+/// The largest request head hyper takes (it answers 431 beyond): the relay leaves larger ones
+/// to it.
+fn head_limit(server: &Server) -> usize {
+    server.limits().max_header_size.max(8192)
+}
+
+/// The longest request-target hyper takes (it answers 414 beyond).
+const MAX_TARGET: usize = 65_534;
+
+/// Counts and logs a relayed request.
+fn record(
+    server: &Server,
+    ctx: &Ctx<'_>,
+    plan: &Plan,
+    input: &[u8],
+    elapsed: Duration,
+    status: u16,
+    bytes_out: u64,
+) {
+    server.record(&Record {
+        elapsed,
+        class: RouteClass::of(&plan.route),
+        status,
+        method: &plan.method,
+        path: std::str::from_utf8(&input[plan.path.clone()]).unwrap_or("/"),
+        version: http::Version::HTTP_11,
+        peer: ctx.peer,
+        origin: plan.origin.as_deref(),
+        bytes_in: 0,
+        bytes_out,
+    });
 }
 
 /// A taken request.
@@ -200,7 +239,10 @@ fn plan(buf: &[u8], ctx: &Ctx<'_>, server: &Server, out: &mut Vec<u8>) -> Parsed
     let Ok(method) = Method::from_bytes(method.as_bytes()) else {
         return Parsed::Other;
     };
-    if method == Method::CONNECT || !target.starts_with('/') || !target.bytes().all(plain_uri_byte)
+    if method == Method::CONNECT
+        || !target.starts_with('/')
+        || target.len() > MAX_TARGET
+        || !target.bytes().all(plain_uri_byte)
     {
         return Parsed::Other;
     }
@@ -229,6 +271,7 @@ fn plan(buf: &[u8], ctx: &Ctx<'_>, server: &Server, out: &mut Vec<u8>) -> Parsed
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let mut hosts = 0;
+    let mut lengths = 0;
     let mut client_close = false;
     let mut origin = None;
     let mut origin_seen = false;
@@ -238,9 +281,11 @@ fn plan(buf: &[u8], ctx: &Ctx<'_>, server: &Server, out: &mut Vec<u8>) -> Parsed
             RequestHeader::Plain => {}
             RequestHeader::Host => hosts += 1,
             RequestHeader::ContentLength => {
-                if h.value.trim_ascii() != b"0" {
+                // One, and zero: hyper sorts out anything else (and keeps one of repeats).
+                if lengths > 0 || h.value.trim_ascii() != b"0" {
                     return Parsed::Other;
                 }
+                lengths += 1;
             }
             RequestHeader::Connection => {
                 match connection_tokens(h.value) {
@@ -410,7 +455,7 @@ where
 {
     let forwarder = server.forwarder();
     let upstream = forwarder.upstream();
-    timer.set(start + forwarder.response_timeout());
+    timer.set(after(start, forwarder.response_timeout()));
     let idempotent = matches!(
         plan.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -425,18 +470,18 @@ where
             None
         };
         let reused = pooled.is_some();
-        let mut conn = match pooled {
-            Some(conn) => conn,
-            None => upstream
-                .connect_raw()
-                .await
-                .map_err(|e| Failure::Proxy(ProxyError::BackendUnreachable(e.to_string())))?,
-        };
-        // A pooled connection the backend has closed fails here or reads nothing: nothing was
-        // processed, so an idempotent request goes on the next connection.
+        // A pooled connection the backend closed meanwhile fails at the write or reads nothing
+        // at all: the backend never saw the request, and an idempotent one goes on the next
+        // connection. Once any byte of a response has come, nothing is sent again.
         let exchanged = async {
-            conn.stream.write_all(out).await.map_err(HeadError::Io)?;
-            read_response_head(&mut conn, head_request, plan.client_close, phase, out).await
+            let mut conn = match pooled {
+                Some(conn) => conn,
+                None => upstream.connect_raw().await.map_err(HeadError::Connect)?,
+            };
+            conn.stream.write_all(out).await.map_err(HeadError::Lost)?;
+            read_response_head(&mut conn, head_request, plan.client_close, phase, out)
+                .await
+                .map(|head| (conn, head))
         };
         // Meanwhile the client is watched: if it leaves, the backend's work is abandoned (499).
         // Bytes it sends (a pipelined request) are kept, up to one head's worth.
@@ -461,29 +506,41 @@ where
         }
         .await?;
         match attempt {
-            Ok(head) => break (conn, head),
-            Err(HeadError::Io(_) | HeadError::Closed) if reused && idempotent => continue,
+            Ok(exchanged) => break exchanged,
+            Err(HeadError::Lost(_) | HeadError::Closed) if reused && idempotent => continue,
+            Err(HeadError::Connect(e)) => {
+                return Err(Failure::Proxy(ProxyError::BackendUnreachable(
+                    e.to_string(),
+                )));
+            }
             Err(e) => return Err(Failure::Proxy(ProxyError::BackendFailed(e.to_string()))),
         }
     };
 
-    // The head and whatever of the body came with it, in one write.
+    // The head and the first of the body that came with it, in one write (a small response
+    // whole).
     let mut framing = head.framing;
-    let mut bytes_out = 0u64;
     let mut spare = conn.buf.len() - head.len;
     let take = framing.take(&conn.buf[head.len..]).map_err(|e| {
         Failure::Proxy(ProxyError::BackendFailed(format!(
             "malformed response body: {e}"
         )))
     })?;
-    out.extend_from_slice(&conn.buf[head.len..head.len + take]);
-    bytes_out += take as u64;
     spare -= take;
+    let body = &conn.buf[head.len..head.len + take];
+    let (first, rest) = body.split_at(body.len().min(WITH_HEAD));
+    out.extend_from_slice(first);
     let midway = |bytes_out| Failure::Midway {
         status: head.status,
         bytes_out,
     };
-    write_flush(io, out).await.map_err(|_| midway(bytes_out))?;
+    write_flush(io, out).await.map_err(|_| midway(0))?;
+    if !rest.is_empty() {
+        write_flush(io, rest)
+            .await
+            .map_err(|_| midway(first.len() as u64))?;
+    }
+    let mut bytes_out = take as u64;
 
     while !framing.is_done() {
         conn.buf.clear();
@@ -546,6 +603,12 @@ async fn write_flush<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::R
 #[derive(Debug, thiserror::Error)]
 enum HeadError {
     #[error("{0}")]
+    Connect(#[source] crate::upstream::UpstreamError),
+    /// Failed before any byte of a response arrived.
+    #[error("{0}")]
+    Lost(#[source] io::Error),
+    /// Failed after part of a response arrived.
+    #[error("{0}")]
     Io(#[source] io::Error),
     #[error("connection closed before a response")]
     Closed,
@@ -575,6 +638,7 @@ async fn read_response_head(
     out: &mut Vec<u8>,
 ) -> Result<Head, HeadError> {
     conn.buf.clear();
+    let mut answered = false;
     loop {
         if !conn.buf.is_empty() {
             // Decided as late as possible: a drain that began while the backend thought still
@@ -583,6 +647,7 @@ async fn read_response_head(
             match response_head(&conn.buf, head_request, close, out)? {
                 ResponseHead::Final(head) => return Ok(head),
                 ResponseHead::Interim(n) => {
+                    answered = true;
                     conn.buf.drain(..n);
                     continue;
                 }
@@ -591,11 +656,12 @@ async fn read_response_head(
             }
         }
         conn.buf.reserve(READ_CHUNK);
+        let fresh = !answered && conn.buf.is_empty();
         match conn.stream.read_buf(&mut conn.buf).await {
-            Ok(0) if conn.buf.is_empty() => return Err(HeadError::Closed),
+            Ok(0) if fresh => return Err(HeadError::Closed),
             Ok(0) => return Err(HeadError::Malformed("closed in the head")),
             Ok(_) => {}
-            Err(e) if conn.buf.is_empty() => return Err(HeadError::Io(e)),
+            Err(e) if fresh => return Err(HeadError::Lost(e)),
             Err(e) => return Err(HeadError::Io(e)),
         }
     }
@@ -610,11 +676,11 @@ enum ResponseHead {
 
 /// Response headers that describe the hop, not the message (RFC 9110 §7.6.1), and the framing
 /// ones the relay writes itself.
-const RESPONSE_DROPPED: [&[u8]; 9] = [
+/// `Trailer` stays: the chunked framing, trailers included, passes through.
+const RESPONSE_DROPPED: [&[u8]; 8] = [
     b"connection",
     b"keep-alive",
     b"te",
-    b"trailer",
     b"upgrade",
     b"proxy-connection",
     b"proxy-authenticate",
@@ -685,7 +751,11 @@ fn response_head(
                     if version == 0 {
                         backend_close = false;
                     }
-                } else if !token.is_empty() {
+                } else if !token.is_empty()
+                    // Framing is the relay's to write, whatever a backend lists.
+                    && !token.eq_ignore_ascii_case(b"content-length")
+                    && !token.eq_ignore_ascii_case(b"transfer-encoding")
+                {
                     if named_count == named.len() {
                         return Err(HeadError::Malformed("too many connection options"));
                     }
@@ -826,6 +896,8 @@ struct ChunkScanner {
 enum ChunkState {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, an extension or the line's end may follow.
+    SizeSpace,
     Extension,
     SizeLf,
     Data,
@@ -868,8 +940,11 @@ impl ChunkScanner {
                     self.size = self.size * 16 + u64::from(digit);
                     Size
                 }
-                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
-                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Size, b';') if self.digits > 0 => Extension,
+                (Size, b' ' | b'\t') if self.digits > 0 => SizeSpace,
+                (Size | SizeSpace, b'\r') if self.digits > 0 => SizeLf,
+                (SizeSpace, b' ' | b'\t') => SizeSpace,
+                (SizeSpace, b';') => Extension,
                 (Extension, b'\r') => SizeLf,
                 (Extension, b'\n') => return Err(ChunkError),
                 (Extension, _) => Extension,
@@ -929,6 +1004,13 @@ fn error_response(e: &ProxyError, out: &mut Vec<u8>) {
     crate::respond::http_date(out);
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body.as_bytes());
+}
+
+/// `t + d`, or a time too far away to matter when that is beyond what `Instant` holds (a
+/// configured duration may be huge).
+fn after(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 86_400);
+    t.checked_add(d.min(FAR)).unwrap_or(t)
 }
 
 /// One timer for every timeout of a connection. It is re-armed only for a deadline earlier than

@@ -178,6 +178,19 @@ fn anything_but_plain_forwarding_goes_to_hyper() {
 }
 
 #[test]
+fn repeated_or_oversized_parts_go_to_hyper() {
+    not_taken(
+        b"GET /_matrix/client/v3/x HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n\
+          Content-Length: 0\r\n\r\n",
+    );
+    let long = format!(
+        "GET /_matrix/client/v3/{} HTTP/1.1\r\nHost: example.test\r\n\r\n",
+        "a".repeat(MAX_TARGET)
+    );
+    not_taken(long.as_bytes());
+}
+
+#[test]
 fn too_many_headers_go_to_hyper() {
     let mut request = b"GET /_matrix/client/versions HTTP/1.1\r\nHost: example.test\r\n".to_vec();
     for i in 0..MAX_HEADERS {
@@ -265,6 +278,20 @@ fn response_head_framing() {
 }
 
 #[test]
+fn connection_options_never_remove_framing() {
+    let (head, out) = head_of(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, transfer-encoding, x-hop\r\n\
+          X-Hop: 1\r\nContent-Length: 5\r\nTrailer: X-Sum\r\n\r\nhello",
+        false,
+        false,
+    );
+    assert_eq!(head.framing, Framing::Length(5));
+    assert!(out.contains("Content-Length: 5\r\n"), "{out}");
+    assert!(out.contains("Trailer: X-Sum\r\n"), "{out}");
+    assert!(!out.contains("X-Hop"), "{out}");
+}
+
+#[test]
 fn response_head_connection_state() {
     let (head, _) = head_of(
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
@@ -348,6 +375,7 @@ fn malformed_chunks_are_refused() {
         b"g\r\n",
         b"0\r\nX: y\n",
         b"0\r\n\r\r",
+        b"5 6\r\nhello\r\n",
     ] {
         let mut scanner = ChunkScanner::default();
         assert_eq!(

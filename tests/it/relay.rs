@@ -19,6 +19,8 @@ struct Answer {
     parts: Vec<Vec<u8>>,
     /// Close the connection after it, without saying so.
     close: bool,
+    /// Close it with a reset rather than a FIN.
+    reset: bool,
 }
 
 /// A backend speaking raw bytes: `answer` gets each request line and says what to send. Returns
@@ -54,6 +56,9 @@ async fn scripted(answer: fn(&str) -> Answer) -> (SocketAddr, Arc<AtomicUsize>) 
                         }
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
+                    if answer.reset {
+                        let _ = stream.get_ref().set_zero_linger();
+                    }
                     if answer.close {
                         return;
                     }
@@ -68,6 +73,7 @@ fn answer(parts: &[&[u8]]) -> Answer {
     Answer {
         parts: parts.iter().map(|p| p.to_vec()).collect(),
         close: false,
+        reset: false,
     }
 }
 
@@ -159,6 +165,7 @@ async fn every_response_framing_passes_through_on_one_connection() {
         _ => Answer {
             parts: vec![b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end".to_vec()],
             close: true,
+            reset: false,
         },
     })
     .await;
@@ -223,6 +230,7 @@ async fn backend_closing_idle_connections_loses_no_request() {
             .into_bytes(),
         ],
         close: true,
+        reset: false,
     })
     .await;
     let proxy = Proxy::builder(&format!("http://{addr}"))
@@ -252,6 +260,47 @@ async fn backend_closing_idle_connections_loses_no_request() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 6);
+}
+
+/// A backend that fails after it has begun to answer: the request is not sent again, even when
+/// it may be and the connection was a pooled one.
+#[tokio::test]
+async fn a_request_the_backend_began_to_answer_is_not_sent_again() {
+    let (addr, accepted) = scripted(|line| {
+        if line.contains("/partial") {
+            Answer {
+                parts: vec![b"HTTP/1.1 200 OK\r\nContent-Le".to_vec()],
+                close: true,
+                reset: true,
+            }
+        } else {
+            answer(&[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+        }
+    })
+    .await;
+    let proxy = Proxy::builder(&format!("http://{addr}"))
+        .workers(1)
+        .start()
+        .await;
+    let mut stream = BufReader::new(proxy.h1_stream().await);
+    for (path, status) in [
+        ("/_matrix/client/v3/first", 200),
+        ("/_matrix/client/v3/partial", 502),
+    ] {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: example.test\r\n\r\n");
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+        let resp = read_response(&mut stream, false).await;
+        assert_eq!(resp.status, status, "{path}: {resp:?}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the request was sent again"
+    );
 }
 
 /// One write carries a relayed GET, a POST with a body (hyper's), and a GET after it: the
@@ -307,6 +356,7 @@ async fn a_response_cut_short_closes_the_client_connection() {
     let (addr, _) = scripted(|_| Answer {
         parts: vec![b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part".to_vec()],
         close: true,
+        reset: false,
     })
     .await;
     let proxy = Proxy::builder(&format!("http://{addr}")).start().await;
@@ -333,6 +383,7 @@ async fn backend_failures_are_matrix_errors() {
             Answer {
                 parts: vec![],
                 close: false,
+                reset: false,
             }
         } else {
             answer(&[b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"])
