@@ -89,10 +89,22 @@ impl Forwarder {
             headers.insert(HOST, host);
         }
 
-        // Most requests have no body: they skip the shared slot and its bookkeeping.
-        let (body, slot) = if http_body::Body::is_end_stream(&body) {
-            (RequestBody::Empty, None)
-        } else {
+        // Most requests have no body: they go on a backend connection the relay drives, with
+        // their head written once and the response read in place.
+        if http_body::Body::is_end_stream(&body) {
+            let head = crate::relay::request_head(&parts.method, uri_target(&uri), &parts.headers);
+            let sent = crate::relay::send(&self.upstream, &head, &parts.method);
+            let resp = tokio::select! {
+                result = sent => result.map_err(|e| self.classify_error(&e))?,
+                _ = tokio::time::sleep(self.response_timeout) => {
+                    return Err(ProxyError::BackendTimeout(self.response_timeout));
+                }
+            };
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, ResponseBody::raw(body)));
+        }
+        let (body, slot) = {
             let slot = BodySlot::new(body, parts.version);
             let count = bytes_in.get_or_init(Default::default).clone();
             let client = ClientBody::new(slot.clone(), count);
@@ -154,6 +166,7 @@ impl Forwarder {
         let detail = error_chain(e);
         let exchange = match e {
             UpstreamError::Connect(_) => return ProxyError::BackendUnreachable(detail),
+            UpstreamError::Relay(_) => return ProxyError::BackendFailed(detail),
             UpstreamError::Exchange(h) => h,
         };
         // A user error is the request body we were streaming: the client's side, or over the
@@ -184,6 +197,11 @@ fn error_chain(e: &dyn StdError) -> String {
         source = s.source();
     }
     text
+}
+
+/// An origin-form URI as it goes on the request line.
+fn uri_target(uri: &http::Uri) -> &str {
+    uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
 }
 
 fn declared_length(headers: &HeaderMap) -> Option<u64> {

@@ -479,9 +479,14 @@ where
                 None => upstream.connect_raw().await.map_err(HeadError::Connect)?,
             };
             conn.stream.write_all(out).await.map_err(HeadError::Lost)?;
-            read_response_head(&mut conn, head_request, plan.client_close, phase, out)
-                .await
-                .map(|head| (conn, head))
+            let head = read_head(&mut conn, |buf| {
+                // Decided as late as possible: a drain that began while the backend thought
+                // still tells this client to go elsewhere for its next request.
+                let close = plan.client_close || *phase.borrow() >= Phase::Drain;
+                response_head(buf, head_request, close, out)
+            })
+            .await?;
+            Ok((conn, head))
         };
         // Meanwhile the client is watched: if it leaves, the backend's work is abandoned (499).
         // Bytes it sends (a pipelined request) are kept, up to one head's worth.
@@ -601,7 +606,7 @@ async fn write_flush<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> io::R
 }
 
 #[derive(Debug, thiserror::Error)]
-enum HeadError {
+pub(crate) enum HeadError {
     #[error("{0}")]
     Connect(#[source] crate::upstream::UpstreamError),
     /// Failed before any byte of a response arrived.
@@ -628,23 +633,17 @@ struct Head {
     client_keep_alive: bool,
 }
 
-/// Reads the response head off `conn` (skipping interim 1xx responses) and writes the client's
-/// version of it to `out`.
-async fn read_response_head(
+/// Reads a response head off `conn`, skipping interim 1xx responses; `parse` makes of a
+/// complete head what the caller needs.
+pub(crate) async fn read_head<T>(
     conn: &mut RawConn,
-    head_request: bool,
-    client_close: bool,
-    phase: &watch::Receiver<Phase>,
-    out: &mut Vec<u8>,
-) -> Result<Head, HeadError> {
+    mut parse: impl FnMut(&[u8]) -> Result<ResponseHead<T>, HeadError>,
+) -> Result<T, HeadError> {
     conn.buf.clear();
     let mut answered = false;
     loop {
         if !conn.buf.is_empty() {
-            // Decided as late as possible: a drain that began while the backend thought still
-            // tells this client to go elsewhere for its next request.
-            let close = client_close || *phase.borrow() >= Phase::Drain;
-            match response_head(&conn.buf, head_request, close, out)? {
+            match parse(&conn.buf)? {
                 ResponseHead::Final(head) => return Ok(head),
                 ResponseHead::Interim(n) => {
                     answered = true;
@@ -667,8 +666,8 @@ async fn read_response_head(
     }
 }
 
-enum ResponseHead {
-    Final(Head),
+pub(crate) enum ResponseHead<T> {
+    Final(T),
     /// A 1xx response of this many bytes, which the client does not get.
     Interim(usize),
     Partial,
@@ -688,20 +687,57 @@ const RESPONSE_DROPPED: [&[u8]; 8] = [
     b"transfer-encoding",
 ];
 
-fn response_head(
-    buf: &[u8],
+/// A final response head, read in place.
+pub(crate) struct Response<'h, 'b> {
+    /// Its length in the buffer.
+    pub(crate) len: usize,
+    pub(crate) status: u16,
+    pub(crate) reason: &'b str,
+    pub(crate) headers: &'h [httparse::Header<'b>],
+    pub(crate) framing: Framing,
+    chunked: bool,
+    /// The backend closes the connection after it.
+    pub(crate) backend_close: bool,
+    /// Headers its `Connection` names (never the framing ones).
+    named: [&'b [u8]; 8],
+    named_count: usize,
+    has_date: bool,
+}
+
+impl Response<'_, '_> {
+    /// The connection can carry another exchange once the body has been read to its end.
+    pub(crate) fn reusable(&self) -> bool {
+        !self.backend_close && self.framing != Framing::UntilClose
+    }
+
+    /// Whether a header is hop-by-hop here: the standard ones and those `Connection` names.
+    pub(crate) fn is_hop_by_hop(&self, name: &[u8]) -> bool {
+        RESPONSE_DROPPED
+            .iter()
+            .any(|d| name.eq_ignore_ascii_case(d))
+            || self.named[..self.named_count]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+    }
+}
+
+/// Storage for the headers of one response head.
+pub(crate) type HeaderSlots<'b> = [MaybeUninit<httparse::Header<'b>>; MAX_RESPONSE_HEADERS];
+
+pub(crate) const NO_HEADERS: MaybeUninit<httparse::Header<'static>> = MaybeUninit::uninit();
+
+/// Parses a response head and works out its framing (RFC 9112 §6.3) and what it says about the
+/// connection. Anything ambiguous is an error: a length and chunks, two lengths, a transfer
+/// coding other than chunked.
+pub(crate) fn parse_response<'h, 'b>(
+    buf: &'b [u8],
+    slots: &'h mut HeaderSlots<'b>,
     head_request: bool,
-    close: bool,
-    out: &mut Vec<u8>,
-) -> Result<ResponseHead, HeadError> {
-    let mut headers =
-        [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_RESPONSE_HEADERS];
+) -> Result<ResponseHead<Response<'h, 'b>>, HeadError> {
     let mut resp = httparse::Response::new(&mut []);
-    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-        &mut resp,
-        buf,
-        &mut headers,
-    ) {
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(ResponseHead::Partial),
         Err(httparse::Error::TooManyHeaders) => {
@@ -718,7 +754,8 @@ fn response_head(
     if (100..200).contains(&status) {
         return Ok(ResponseHead::Interim(len));
     }
-
+    let reason = resp.reason.unwrap_or("");
+    let headers: &'h [httparse::Header<'b>] = resp.headers;
     // What the headers say about framing and the connection.
     let mut chunked = false;
     let mut length: Option<u64> = None;
@@ -726,7 +763,7 @@ fn response_head(
     let mut named: [&[u8]; 8] = [&[]; 8];
     let mut named_count = 0;
     let mut has_date = false;
-    for h in resp.headers.iter() {
+    for h in headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if chunked || !h.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -779,25 +816,52 @@ fn response_head(
     } else {
         Framing::UntilClose
     };
-    let until_close = framing == Framing::UntilClose;
-    let client_keep_alive = !close && !until_close;
+    Ok(ResponseHead::Final(Response {
+        len,
+        status,
+        reason,
+        headers,
+        framing,
+        chunked,
+        backend_close,
+        named,
+        named_count,
+        has_date,
+    }))
+}
+
+/// The client's HTTP/1.1 version of a response head, written to `out`.
+fn response_head(
+    buf: &[u8],
+    head_request: bool,
+    close: bool,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHead<Head>, HeadError> {
+    let mut slots = [NO_HEADERS; MAX_RESPONSE_HEADERS];
+    let resp = match parse_response(buf, &mut slots, head_request)? {
+        ResponseHead::Final(resp) => resp,
+        ResponseHead::Interim(n) => return Ok(ResponseHead::Interim(n)),
+        ResponseHead::Partial => return Ok(ResponseHead::Partial),
+    };
+    let Response {
+        len,
+        status,
+        chunked,
+        has_date,
+        ..
+    } = resp;
+    let client_keep_alive = !close && resp.framing != Framing::UntilClose;
 
     out.clear();
     out.extend_from_slice(b"HTTP/1.1 ");
     let _ = write!(Utf8Sink(out), "{status:03}");
     out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(resp.reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length_written = false;
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
-        if RESPONSE_DROPPED
-            .iter()
-            .any(|d| name.eq_ignore_ascii_case(d))
-            || named[..named_count]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n))
-        {
+        if resp.is_hop_by_hop(name) {
             continue;
         }
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -811,7 +875,7 @@ fn response_head(
         out.extend_from_slice(h.value);
         out.extend_from_slice(b"\r\n");
     }
-    if chunked && !matches!(framing, Framing::Done) {
+    if chunked && !resp.framing.is_done() {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     if !has_date {
@@ -823,11 +887,12 @@ fn response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    let reusable = resp.reusable();
     Ok(ResponseHead::Final(Head {
         len,
         status,
-        framing,
-        reusable: !backend_close && !until_close,
+        framing: resp.framing,
+        reusable,
         client_keep_alive,
     }))
 }
@@ -844,7 +909,7 @@ impl std::fmt::Write for Utf8Sink<'_> {
 
 /// Where a response body ends.
 #[derive(Debug, PartialEq, Eq)]
-enum Framing {
+pub(crate) enum Framing {
     /// This many bytes to go.
     Length(u64),
     Chunked(ChunkScanner),
@@ -886,7 +951,7 @@ impl Framing {
 /// LF, a chunk size of no digits or of more than 15, or a missing CRLF after chunk data is an
 /// error.
 #[derive(Debug, Default, PartialEq, Eq)]
-struct ChunkScanner {
+pub(crate) struct ChunkScanner {
     state: ChunkState,
     size: u64,
     digits: u8,
@@ -911,17 +976,27 @@ enum ChunkState {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("malformed chunked body")]
-struct ChunkError;
+pub(crate) struct ChunkError;
 
 impl ChunkScanner {
     /// Consumes `bytes`: returns how many belong to the body and whether it ended in them.
     fn scan(&mut self, bytes: &[u8]) -> Result<(usize, bool), ChunkError> {
+        self.scan_data(bytes, |_| {})
+    }
+
+    /// As [`Self::scan`], and hands each run of chunk data in `bytes` to `data`.
+    pub(crate) fn scan_data(
+        &mut self,
+        bytes: &[u8],
+        mut data: impl FnMut(Range<usize>),
+    ) -> Result<(usize, bool), ChunkError> {
         use ChunkState::*;
         let mut i = 0;
         while i < bytes.len() {
             if self.state == Data {
                 let n = self.size.min((bytes.len() - i) as u64);
                 self.size -= n;
+                data(i..i + n as usize);
                 i += n as usize;
                 if self.size == 0 {
                     self.state = DataCr;
@@ -1107,6 +1182,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
+
+mod backend;
+pub(crate) use backend::{RawBody, request_head, send};
 
 #[cfg(test)]
 mod tests;

@@ -25,6 +25,7 @@ use http::{Method, Version};
 
 use crate::listener::ActivityGuard;
 use crate::metrics::RouteClass;
+use crate::relay::RawBody;
 use crate::server::Server;
 use crate::upstream::{BodySlot, UpstreamBody};
 
@@ -150,7 +151,11 @@ pub(crate) fn http_date(out: &mut Vec<u8>) {
 enum Kind {
     Full(Full<Bytes>),
     Upstream(UpstreamBody),
+    /// From a backend connection the relay drives (body-less requests).
+    Raw(RawBody),
 }
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     pub fn full(bytes: impl Into<Bytes>) -> Self {
@@ -163,6 +168,14 @@ impl ResponseBody {
 
     pub fn empty() -> Self {
         Self::full(Bytes::new())
+    }
+
+    pub(crate) fn raw(body: RawBody) -> Self {
+        ResponseBody {
+            kind: Kind::Raw(body),
+            finish: None,
+            request_body: None,
+        }
     }
 
     pub fn upstream(body: UpstreamBody) -> Self {
@@ -196,16 +209,17 @@ impl Drop for ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             Kind::Full(b) => Pin::new(b).poll_frame(cx).map_err(|never| match never {}),
-            Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Kind::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Kind::Raw(b) => Pin::new(b).poll_frame(cx),
         };
         if let (Poll::Ready(Some(Ok(frame))), Some(finish)) = (&polled, &mut this.finish)
             && let Some(data) = frame.data_ref()
@@ -219,6 +233,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.is_end_stream(),
             Kind::Upstream(b) => b.is_end_stream(),
+            Kind::Raw(b) => b.is_end_stream(),
         }
     }
 
@@ -226,6 +241,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Full(b) => b.size_hint(),
             Kind::Upstream(b) => b.size_hint(),
+            Kind::Raw(b) => b.size_hint(),
         }
     }
 }

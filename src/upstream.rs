@@ -251,6 +251,9 @@ pub enum UpstreamError {
     /// request body failing while it was streamed.
     #[error("exchange with the backend failed: {0}")]
     Exchange(#[source] hyper::Error),
+    /// The same, on a connection the relay drives itself.
+    #[error("exchange with the backend failed: {0}")]
+    Relay(String),
 }
 
 /// How many pooled connections one request tries before opening a new one: each try that fails

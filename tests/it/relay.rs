@@ -143,9 +143,9 @@ async fn read_response<S: AsyncRead + Unpin>(
         .expect("no response within 20s")
 }
 
-#[tokio::test]
-async fn every_response_framing_passes_through_on_one_connection() {
-    let (addr, _) = scripted(|line| match line {
+/// Responses framed every way HTTP/1.1 allows, by path.
+fn framings(line: &str) -> Answer {
+    match line {
         l if l.starts_with("GET /_matrix/client/v3/chunked ") => answer(&[
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: text/plain\r\n\r\n5\r\nhel",
             b"lo\r\n7;ext=1\r\n, world\r\n",
@@ -167,8 +167,12 @@ async fn every_response_framing_passes_through_on_one_connection() {
             close: true,
             reset: false,
         },
-    })
-    .await;
+    }
+}
+
+#[tokio::test]
+async fn every_response_framing_passes_through_on_one_connection() {
+    let (addr, _) = scripted(framings).await;
     let proxy = Proxy::builder(&format!("http://{addr}")).start().await;
     let mut stream = BufReader::new(proxy.h1_stream().await);
     let mut ask = async |method: &str, path: &str| {
@@ -215,6 +219,57 @@ async fn every_response_framing_passes_through_on_one_connection() {
     assert_eq!(to_close.status, 200);
     assert_eq!(to_close.header("connection").as_deref(), Some("close"));
     assert_eq!(to_close.body, b"until the end");
+}
+
+/// The same responses to HTTP/2 clients, whose body-less requests use the relay's backend
+/// connections: bodies de-chunked, hop-by-hop headers gone, and a pooled connection the backend
+/// closed (after the close-delimited body) is not used again.
+#[tokio::test]
+async fn every_response_framing_reaches_h2_clients() {
+    use bytes::Bytes;
+    use http::{Method, Request};
+    use http_body_util::{BodyExt, Full};
+
+    let (addr, accepted) = scripted(framings).await;
+    let proxy = Proxy::builder(&format!("http://{addr}"))
+        .workers(1)
+        .start()
+        .await;
+    let (mut send, _conn) =
+        crate::support::client::h2_connect(proxy.https, "example.test", proxy.roots.clone()).await;
+    let mut ask = async |method: Method, path: &str| {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("https://example.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        let (parts, body) = resp.into_parts();
+        (parts, body.collect().await.unwrap().to_bytes())
+    };
+    for round in 0..2 {
+        let (parts, body) = ask(Method::GET, "/_matrix/client/v3/chunked").await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "hello, world");
+        assert!(parts.headers.get("transfer-encoding").is_none());
+        let (parts, body) = ask(Method::HEAD, "/_matrix/client/v3/head").await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(parts.headers["content-length"], "1000");
+        assert!(body.is_empty());
+        let (parts, _) = ask(Method::GET, "/_matrix/client/v3/interim").await;
+        assert_eq!(parts.status, 204);
+        assert_eq!(parts.headers["x-after"], "interim");
+        let (parts, body) = ask(Method::GET, "/_matrix/client/v3/length").await;
+        assert_eq!(parts.status, 201);
+        assert_eq!(body, "hello world");
+        assert!(parts.headers.get("keep-alive").is_none());
+        let (parts, body) = ask(Method::GET, "/_matrix/client/v3/to-close").await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "until the end", "round {round}");
+        // The backend closes after the close-delimited body, and only then.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), round + 1);
+    }
 }
 
 /// A backend that closes every connection after one response, without a word: neither a
