@@ -100,9 +100,8 @@ impl Forwarder {
                     return Err(ProxyError::BackendTimeout(self.response_timeout));
                 }
             };
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            return Ok(Response::from_parts(parts, ResponseBody::raw(body)));
+            // Its hop-by-hop headers were left out as it was read.
+            return Ok(resp.map(ResponseBody::raw));
         }
         let (body, slot) = {
             let slot = BodySlot::new(body, parts.version);

@@ -3,6 +3,7 @@
 //! Owns how the backend is reached and nothing about what is sent: `forward` builds requests.
 //! Always HTTP/1.1, because Synapse's listeners speak nothing else and chunked responses need it.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -203,9 +204,9 @@ struct Pool {
 /// One worker's idle connections. Shared (an `Arc`) with the response bodies that will bring
 /// their connection back, so that a request touches only its own worker's reference count.
 struct Shard {
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     /// Idle connections of the HTTP/1.1 relay, which reads and writes them itself.
-    raw: Mutex<Vec<RawIdle>>,
+    raw: Mutex<VecDeque<RawIdle>>,
     /// `backend.pool_max_idle` split over the workers.
     max_idle: usize,
 }
@@ -271,8 +272,8 @@ impl Upstream {
             shards: (0..=workers)
                 .map(|_| {
                     Arc::new(Shard {
-                        idle: Mutex::new(Vec::new()),
-                        raw: Mutex::new(Vec::new()),
+                        idle: Mutex::new(VecDeque::new()),
+                        raw: Mutex::new(VecDeque::new()),
                         max_idle: backend.pool_max_idle.div_ceil(workers),
                     })
                 })
@@ -326,7 +327,7 @@ impl Upstream {
     pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
         let mut idle = self.pool.shard().raw.lock().ok()?;
         let now = Instant::now();
-        while let Some(entry) = idle.pop() {
+        while let Some(entry) = idle.pop_back() {
             if now.duration_since(entry.since) < self.pool.idle_timeout && entry.conn.is_quiet() {
                 return Some(entry.conn);
             }
@@ -354,9 +355,9 @@ impl Upstream {
             return;
         };
         if idle.len() >= shard.max_idle {
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(RawIdle {
+        idle.push_back(RawIdle {
             conn,
             since: Instant::now(),
         });
@@ -375,7 +376,7 @@ impl Pool {
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.shard().idle.lock().ok()?;
         let now = Instant::now();
-        while let Some(entry) = idle.pop() {
+        while let Some(entry) = idle.pop_back() {
             if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
                 return Some(entry.sender);
             }
@@ -447,9 +448,9 @@ impl Shard {
         };
         if idle.len() >= self.max_idle {
             // The oldest goes: it is the one most likely to be closed by the backend soon.
-            idle.remove(0);
+            idle.pop_front();
         }
-        idle.push(Idle {
+        idle.push_back(Idle {
             sender,
             since: Instant::now(),
         });

@@ -97,8 +97,8 @@ struct Parts {
     reusable: bool,
 }
 
-/// Reads a response head into `Parts`. Hop-by-hop headers stay: `forward` removes them as it
-/// does from every response.
+/// Reads a response head into `Parts`, leaving out its hop-by-hop headers (as `forward` does
+/// for every response). The values are slices of one copy of the head.
 fn parts(buf: &[u8], head_request: bool) -> Result<ResponseHead<Parts>, HeadError> {
     let mut slots = [NO_HEADERS; MAX_RESPONSE_HEADERS];
     let resp = match parse_response(buf, &mut slots, head_request)? {
@@ -108,11 +108,17 @@ fn parts(buf: &[u8], head_request: bool) -> Result<ResponseHead<Parts>, HeadErro
     };
     let status =
         StatusCode::from_u16(resp.status).map_err(|_| HeadError::Malformed("bad status"))?;
+    let head = Bytes::copy_from_slice(&buf[..resp.len]);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| HeadError::Malformed("bad header name"))?;
-        let value = HeaderValue::from_bytes(h.value)
+        let name = h.name.as_bytes();
+        if resp.is_hop_by_hop(name) {
+            continue;
+        }
+        let name =
+            HeaderName::from_bytes(name).map_err(|_| HeadError::Malformed("bad header name"))?;
+        let start = h.value.as_ptr() as usize - buf.as_ptr() as usize;
+        let value = HeaderValue::from_maybe_shared(head.slice(start..start + h.value.len()))
             .map_err(|_| HeadError::Malformed("bad header value"))?;
         headers.append(name, value);
     }
@@ -336,6 +342,16 @@ mod tests {
         assert!(!done);
         assert_eq!(status, 404);
         assert_eq!(data, b"hel");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_left_out() {
+        let (_, headers, _, _) = decoded(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-hop\r\nKeep-Alive: timeout=5\r\n\
+              X-Hop: 1\r\nContent-Length: 0\r\nX-Kept: yes\r\n\r\n",
+        );
+        let names: Vec<&str> = headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-kept"]);
     }
 
     #[test]
