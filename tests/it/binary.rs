@@ -319,7 +319,11 @@ async fn gigabyte_transfers() {
     }
     tls.write_all(b"0\r\n\r\n").await.unwrap();
     let mut buf = Vec::new();
-    tls.read_to_end(&mut buf).await.unwrap();
+    // Each half has its own bound, so a stall says which it was.
+    tokio::time::timeout(Duration::from_secs(60), tls.read_to_end(&mut buf))
+        .await
+        .expect("the upload was sent in full but its response did not come within 60s")
+        .unwrap();
     let resp = crate::support::client::parse_response(&buf);
     assert_eq!(resp.status, 200);
     assert_eq!(resp.json()["received"], GIB);
@@ -339,11 +343,19 @@ async fn gigabyte_transfers() {
     .unwrap();
     let mut total = 0u64;
     let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match tls.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n as u64,
+    let download = async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n as u64,
+            }
         }
+    };
+    if tokio::time::timeout(Duration::from_secs(100), download)
+        .await
+        .is_err()
+    {
+        panic!("the download stalled after {total} bytes");
     }
     assert!(total > GIB, "downloaded only {total} bytes");
     let after_download = proxy.vm_hwm_kib();
