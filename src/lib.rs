@@ -11,6 +11,7 @@
 //!   └─ TLS handshake ─ tls (certificate by SNI, ALPN h2 / http/1.1)
 //!       ├─ HTTP/1.1, body-less and forwarded ─ relay → upstream (bytes in, bytes out)
 //!       └─ HTTP ─ server (h1/h2 limits and timeouts; everything the relay does not take)
+//!           │  (body-less requests reach the backend through the relay's connections too)
 //!           └─ route::classify(role, method, raw path, peer) → Route
 //!                ├─ WellKnown  → wellknown
 //!                ├─ Forward    → forward → upstream (HTTP/1.1 pool, TCP or unix)

@@ -1,7 +1,10 @@
 //! The connection pool to the homeserver: HTTP/1.1 keep-alive over TCP or a unix socket.
 //!
-//! Owns how the backend is reached and nothing about what is sent: `forward` builds requests.
-//! Always HTTP/1.1, because Synapse's listeners speak nothing else and chunked responses need it.
+//! Owns how the backend is reached and nothing about what is sent: `forward` and `relay` build
+//! requests. Always HTTP/1.1, because Synapse's listeners speak nothing else and chunked
+//! responses need it. Two kinds of idle connections are kept per worker: hyper client
+//! connections for requests with a body, and raw ones the relay reads and writes itself for
+//! body-less requests (most of them).
 
 use std::collections::VecDeque;
 use std::io;
