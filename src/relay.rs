@@ -97,7 +97,8 @@ where
         let (server, plan) = loop {
             if !input.is_empty() {
                 let server = ctx.shared.load_full();
-                let limit = head_limit(&server);
+                // Larger heads are hyper's to refuse (431).
+                let limit = server.max_h1_head();
                 match plan(&input, &ctx, &server, &mut out) {
                     Parsed::Ready(plan) if plan.head_len <= limit => break (server, plan),
                     Parsed::Partial if input.len() < limit => {
@@ -171,14 +172,16 @@ where
     }
 }
 
-/// The largest request head hyper takes (it answers 431 beyond): the relay leaves larger ones
-/// to it.
-fn head_limit(server: &Server) -> usize {
-    server.limits().max_header_size.max(8192)
-}
-
 /// The longest request-target hyper takes (it answers 414 beyond).
 const MAX_TARGET: usize = 65_534;
+
+/// RFC 9110 §9.2.2: a request that may be sent again when no response to it came back.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
 
 /// Counts and logs a relayed request.
 fn record(
@@ -456,10 +459,7 @@ where
     let forwarder = server.forwarder();
     let upstream = forwarder.upstream();
     timer.set(after(start, forwarder.response_timeout()));
-    let idempotent = matches!(
-        plan.method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
+    let idempotent = is_idempotent(&plan.method);
     let head_request = plan.method == Method::HEAD;
     let mut tries = 0;
     let (mut conn, head) = loop {

@@ -92,11 +92,16 @@ impl Server {
         &self.backend
     }
 
+    /// The largest HTTP/1.1 request head taken (hyper's read buffer cannot go below 8 KiB).
+    pub(crate) fn max_h1_head(&self) -> usize {
+        self.limits.max_header_size.max(8192)
+    }
+
     pub(crate) fn http1(&self) -> http1::Builder {
         let mut b = http1::Builder::new();
         b.timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_read_timeout)
-            .max_buf_size(self.limits.max_header_size.max(8192))
+            .max_buf_size(self.max_h1_head())
             .keep_alive(true);
         b
     }

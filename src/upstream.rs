@@ -207,21 +207,56 @@ struct Pool {
 /// One worker's idle connections. Shared (an `Arc`) with the response bodies that will bring
 /// their connection back, so that a request touches only its own worker's reference count.
 struct Shard {
-    idle: Mutex<VecDeque<Idle>>,
+    idle: IdleStack<SendRequest<RequestBody>>,
     /// Idle connections of the HTTP/1.1 relay, which reads and writes them itself.
-    raw: Mutex<VecDeque<RawIdle>>,
+    raw: IdleStack<RawConn>,
     /// `backend.pool_max_idle` split over the workers.
     max_idle: usize,
 }
 
-struct Idle {
-    sender: SendRequest<RequestBody>,
-    since: Instant,
-}
+/// Idle connections of one kind, newest last, each with the time it became idle.
+struct IdleStack<C>(Mutex<VecDeque<(C, Instant)>>);
 
-struct RawIdle {
-    conn: RawConn,
-    since: Instant,
+impl<C> IdleStack<C> {
+    fn new() -> Self {
+        IdleStack(Mutex::new(VecDeque::new()))
+    }
+
+    /// The most recently used connection that is younger than `timeout` and `usable`. The
+    /// others on the way are dropped, which closes them.
+    fn checkout(&self, timeout: Duration, usable: impl Fn(&C) -> bool) -> Option<C> {
+        let mut idle = self.0.lock().ok()?;
+        let now = Instant::now();
+        while let Some((conn, since)) = idle.pop_back() {
+            if now.duration_since(since) < timeout && usable(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn` for the next request; at `max` the oldest goes, as the one most likely to
+    /// be closed by the backend soon.
+    fn checkin(&self, conn: C, max: usize) {
+        if max == 0 {
+            return;
+        }
+        let Ok(mut idle) = self.0.lock() else {
+            return;
+        };
+        if idle.len() >= max {
+            idle.pop_front();
+        }
+        idle.push_back((conn, Instant::now()));
+    }
+
+    /// Drops what is older than `timeout` or no longer `usable`.
+    fn reap(&self, timeout: Duration, usable: impl Fn(&C) -> bool) {
+        if let Ok(mut idle) = self.0.lock() {
+            let now = Instant::now();
+            idle.retain(|(conn, since)| now.duration_since(*since) < timeout && usable(conn));
+        }
+    }
 }
 
 /// A backend connection the relay drives itself, with its read buffer (kept, empty, while the
@@ -275,8 +310,8 @@ impl Upstream {
             shards: (0..=workers)
                 .map(|_| {
                     Arc::new(Shard {
-                        idle: Mutex::new(VecDeque::new()),
-                        raw: Mutex::new(VecDeque::new()),
+                        idle: IdleStack::new(),
+                        raw: IdleStack::new(),
                         max_idle: backend.pool_max_idle.div_ceil(workers),
                     })
                 })
@@ -328,14 +363,10 @@ impl Upstream {
     /// The most recently used idle relay connection of this worker that is young enough and
     /// still open as far as the socket tells. The backend may still close it in the meantime.
     pub(crate) fn checkout_raw(&self) -> Option<RawConn> {
-        let mut idle = self.pool.shard().raw.lock().ok()?;
-        let now = Instant::now();
-        while let Some(entry) = idle.pop_back() {
-            if now.duration_since(entry.since) < self.pool.idle_timeout && entry.conn.is_quiet() {
-                return Some(entry.conn);
-            }
-        }
-        None
+        self.pool
+            .shard()
+            .raw
+            .checkout(self.pool.idle_timeout, RawConn::is_quiet)
     }
 
     /// A new connection for the relay.
@@ -351,19 +382,7 @@ impl Upstream {
     /// request.
     pub(crate) fn checkin_raw(&self, conn: RawConn) {
         let shard = self.pool.shard();
-        if shard.max_idle == 0 {
-            return;
-        }
-        let Ok(mut idle) = shard.raw.lock() else {
-            return;
-        };
-        if idle.len() >= shard.max_idle {
-            idle.pop_front();
-        }
-        idle.push_back(RawIdle {
-            conn,
-            since: Instant::now(),
-        });
+        shard.raw.checkin(conn, shard.max_idle);
     }
 }
 
@@ -377,14 +396,9 @@ impl Pool {
     /// The most recently used live connection, if any. Expired and closed ones are dropped on
     /// the way, which closes them.
     fn checkout(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.shard().idle.lock().ok()?;
-        let now = Instant::now();
-        while let Some(entry) = idle.pop_back() {
-            if !entry.sender.is_closed() && now.duration_since(entry.since) < self.idle_timeout {
-                return Some(entry.sender);
-            }
-        }
-        None
+        self.shard()
+            .idle
+            .checkout(self.idle_timeout, |sender| !sender.is_closed())
     }
 
     fn attach(
@@ -443,20 +457,9 @@ impl Pool {
 impl Shard {
     /// Puts a connection whose exchange has ended back for the next request.
     fn checkin(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
+        if !sender.is_closed() {
+            self.idle.checkin(sender, self.max_idle);
         }
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        if idle.len() >= self.max_idle {
-            // The oldest goes: it is the one most likely to be closed by the backend soon.
-            idle.pop_front();
-        }
-        idle.push_back(Idle {
-            sender,
-            since: Instant::now(),
-        });
     }
 }
 
@@ -471,16 +474,11 @@ async fn reap(pool: std::sync::Weak<Pool>) {
         let Some(pool) = pool.upgrade() else {
             return;
         };
-        let now = Instant::now();
         for shard in &pool.shards {
-            if let Ok(mut idle) = shard.idle.lock() {
-                idle.retain(|e| {
-                    !e.sender.is_closed() && now.duration_since(e.since) < pool.idle_timeout
-                });
-            }
-            if let Ok(mut raw) = shard.raw.lock() {
-                raw.retain(|e| now.duration_since(e.since) < pool.idle_timeout);
-            }
+            shard
+                .idle
+                .reap(pool.idle_timeout, |sender| !sender.is_closed());
+            shard.raw.reap(pool.idle_timeout, |_| true);
         }
     }
 }

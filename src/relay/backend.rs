@@ -19,8 +19,8 @@ use http_body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use super::{
-    BODY_CHUNK, Framing, HeadError, MAX_RESPONSE_HEADERS, NO_HEADERS, ResponseHead, parse_response,
-    read_head,
+    BODY_CHUNK, Framing, HeadError, MAX_RESPONSE_HEADERS, NO_HEADERS, ResponseHead, is_idempotent,
+    parse_response, read_head,
 };
 use crate::upstream::{POOLED_TRIES, RawConn, Upstream, UpstreamError};
 
@@ -57,10 +57,7 @@ pub(crate) async fn send(
     head: &[u8],
     method: &Method,
 ) -> Result<http::Response<RawBody>, UpstreamError> {
-    let idempotent = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    );
+    let idempotent = is_idempotent(method);
     let head_request = *method == Method::HEAD;
     let mut tries = 0;
     loop {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 use crate::support::client::RawResponse;
@@ -170,20 +170,28 @@ fn framings(line: &str) -> Answer {
     }
 }
 
+/// Sends a body-less request on a keep-alive connection and reads its response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut BufReader<S>,
+    method: &str,
+    path: &str,
+) -> RawResponse {
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n\r\n");
+    stream
+        .get_mut()
+        .write_all(request.as_bytes())
+        .await
+        .unwrap();
+    read_response(stream, method == "HEAD").await
+}
+
 #[tokio::test]
 async fn every_response_framing_passes_through_on_one_connection() {
     let (addr, _) = scripted(framings).await;
     let proxy = Proxy::builder(&format!("http://{addr}")).start().await;
     let mut stream = BufReader::new(proxy.h1_stream().await);
-    let mut ask = async |method: &str, path: &str| {
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: example.test\r\n\r\n");
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-        read_response(&mut stream, method == "HEAD").await
-    };
+    let mut ask = async |method: &str, path: &str| exchange(&mut stream, method, path).await;
 
     let chunked = ask("GET", "/_matrix/client/v3/chunked").await;
     assert_eq!(chunked.status, 200);
@@ -297,15 +305,7 @@ async fn backend_closing_idle_connections_loses_no_request() {
         .iter()
         .enumerate()
     {
-        let request = format!(
-            "{method} /_matrix/client/v3/r{i} HTTP/1.1\r\nHost: example.test\r\nContent-Length: 0\r\n\r\n"
-        );
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-        let resp = read_response(&mut stream, false).await;
+        let resp = exchange(&mut stream, method, &format!("/_matrix/client/v3/r{i}")).await;
         assert_eq!(resp.status, 200, "{method} #{i}: {resp:?}");
         assert_eq!(
             String::from_utf8_lossy(&resp.body),
@@ -342,13 +342,7 @@ async fn a_request_the_backend_began_to_answer_is_not_sent_again() {
         ("/_matrix/client/v3/first", 200),
         ("/_matrix/client/v3/partial", 502),
     ] {
-        let request = format!("GET {path} HTTP/1.1\r\nHost: example.test\r\n\r\n");
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-        let resp = read_response(&mut stream, false).await;
+        let resp = exchange(&mut stream, "GET", path).await;
         assert_eq!(resp.status, status, "{path}: {resp:?}");
     }
     assert_eq!(
@@ -454,13 +448,7 @@ async fn backend_failures_are_matrix_errors() {
         ("/_matrix/client/v3/silent", 504),
     ] {
         let mut stream = BufReader::new(proxy.h1_stream().await);
-        let request = format!("GET {path} HTTP/1.1\r\nHost: example.test\r\n\r\n");
-        stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-        let resp = read_response(&mut stream, false).await;
+        let resp = exchange(&mut stream, "GET", path).await;
         assert_eq!(resp.status, status, "{path}: {resp:?}");
         assert_eq!(
             resp.header("content-type").as_deref(),
